@@ -1,0 +1,39 @@
+"""The app config: refuse a conflicting install, find ``tasks.py`` modules, register checks."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import autodiscover_modules
+
+#: The PyPI backport of Django's own tasks framework also installs a ``django_tasks`` package.
+CONFLICTING_DISTRIBUTION = "django-tasks"
+
+
+def conflicting_distribution() -> str | None:
+    """``"django-tasks X.Y"`` if the unrelated backport is installed, else None."""
+    try:
+        dist = importlib.metadata.distribution(CONFLICTING_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return f"{dist.metadata['Name']} {dist.version}"
+
+
+class DjangoTasksConfig(AppConfig):
+    name = "django_tasks"
+    verbose_name = "Tasks"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        other = conflicting_distribution()
+        if other:
+            raise ImproperlyConfigured(
+                f"{other} is installed: it is an unrelated backport of Django's tasks framework "
+                f"that also installs a 'django_tasks' package, so the two overwrite each other. "
+                f"Uninstall one: 'pip uninstall django-tasks' keeps django-kombu-tasks."
+            )
+        from . import checks  # noqa: F401 - registers the system checks
+
+        autodiscover_modules("tasks")

@@ -1,0 +1,181 @@
+"""System checks for ``settings.DJANGO_TASKS``: each names the key at fault."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from .conf import DEFAULTS, SETTINGS_NAME, tasks_settings
+from .messages import accepted_content_types, check_compression, check_serializer
+
+BOOLEAN_KEYS = ("TASK_PUBLISH_RETRY", "TASK_TRACK_STARTED", "TASK_ACKS_LATE", "TASK_ALWAYS_EAGER")
+PICKLE_TYPE = "application/x-python-serialize"
+
+
+def _error(key: str, msg: str, hint: str, id_: int) -> Error:
+    return Error(f"{SETTINGS_NAME}[{key!r}]: {msg}", hint=hint, id=f"django_tasks.E{id_:03d}")
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from django.conf import settings
+
+    errors: list[CheckMessage] = []
+    user = getattr(settings, SETTINGS_NAME, None)
+    if user is None:
+        return errors
+    if not isinstance(user, dict):
+        return [
+            Error(
+                f"{SETTINGS_NAME} must be a dict, not {type(user).__name__}", id="django_tasks.E001"
+            )
+        ]
+    tasks_settings.reload()
+    for key in sorted(set(user) - set(DEFAULTS)):
+        close = [k for k in DEFAULTS if k.replace("_", "") == key.upper().replace("_", "")]
+        errors.append(
+            _error(
+                key,
+                "unknown setting",
+                f"Did you mean {close[0]!r}?"
+                if close
+                else f"Known settings: {', '.join(sorted(DEFAULTS))}.",
+                1,
+            )
+        )
+    errors.extend(_check_values())
+    return errors
+
+
+def _check_values() -> list[CheckMessage]:
+    from .transports import transport_class_for
+
+    s = tasks_settings
+    errors: list[CheckMessage] = []
+    url = s.BROKER_URL
+    if not isinstance(url, str) or "://" not in url:
+        errors.append(_error("BROKER_URL", f"{url!r} is not a URL", "Use 'django://'.", 2))
+    else:
+        try:
+            transport_class_for(url)
+            if url.startswith("django://") and url != "django://":
+                raise ValueError("the database transport takes no host or path: use 'django://'")
+        except ValueError as exc:
+            errors.append(_error("BROKER_URL", str(exc), "Use 'django://'.", 2))
+    if not isinstance(s.TASK_DEFAULT_QUEUE, str) or not s.TASK_DEFAULT_QUEUE:
+        errors.append(_error("TASK_DEFAULT_QUEUE", "must be a non-empty string", "", 3))
+    try:
+        check_serializer(s.TASK_SERIALIZER, option="TASK_SERIALIZER")
+    except (ValueError, TypeError) as exc:
+        errors.append(_error("TASK_SERIALIZER", str(exc), "", 4))
+    accept = s.ACCEPT_CONTENT
+    if not isinstance(accept, list | tuple) or not all(isinstance(a, str) for a in accept):
+        errors.append(
+            _error(
+                "ACCEPT_CONTENT", "must be a list of serializer names", "For example ['json'].", 5
+            )
+        )
+    else:
+        types = accepted_content_types(list(accept))
+        unknown = [
+            a
+            for a, t in zip(accept, [accepted_content_types([a]) for a in accept], strict=True)
+            if not _known_type(t)
+        ]
+        if unknown:
+            errors.append(
+                _error(
+                    "ACCEPT_CONTENT",
+                    f"unknown serializer(s) {unknown}",
+                    "Use 'json', 'msgpack' or 'pickle'.",
+                    5,
+                )
+            )
+        if PICKLE_TYPE in types:
+            errors.append(
+                Warning(
+                    f"{SETTINGS_NAME}['ACCEPT_CONTENT'] allows pickle: a worker will run code "
+                    f"chosen by anyone who can write a task message",
+                    hint="Accept only 'json' unless every producer is trusted.",
+                    id="django_tasks.W001",
+                )
+            )
+        if isinstance(s.TASK_SERIALIZER, str):
+            try:
+                serializer_types = accepted_content_types([s.TASK_SERIALIZER])
+            except Exception:  # pragma: no cover - reported above
+                serializer_types = set()
+            if serializer_types and not serializer_types & types:
+                errors.append(
+                    _error(
+                        "TASK_SERIALIZER",
+                        f"{s.TASK_SERIALIZER!r} is not in ACCEPT_CONTENT, so "
+                        f"workers would reject every task",
+                        "Add it to ACCEPT_CONTENT.",
+                        6,
+                    )
+                )
+    if s.TASK_COMPRESSION is not None:
+        try:
+            check_compression(s.TASK_COMPRESSION, option="TASK_COMPRESSION")
+        except (ValueError, TypeError) as exc:
+            errors.append(_error("TASK_COMPRESSION", str(exc), "", 7))
+    for key in BOOLEAN_KEYS:
+        if not isinstance(getattr(s, key), bool):
+            errors.append(_error(key, f"must be True or False, not {getattr(s, key)!r}", "", 8))
+    policy = s.TASK_PUBLISH_RETRY_POLICY
+    try:
+        from .task import check_retry_policy
+
+        check_retry_policy("TASK_PUBLISH_RETRY_POLICY", policy)
+    except (ValueError, TypeError) as exc:
+        errors.append(_error("TASK_PUBLISH_RETRY_POLICY", str(exc).split(": ", 1)[-1], "", 9))
+    errors.extend(_check_routes(s.TASK_ROUTES))
+    expires = s.RESULT_EXPIRES
+    if expires is not None and (
+        not isinstance(expires, int | float) or isinstance(expires, bool) or expires < 0
+    ):
+        errors.append(
+            _error("RESULT_EXPIRES", f"must be seconds (>= 0) or None, not {expires!r}", "", 11)
+        )
+    for key in ("WORKER_LEASE_SECONDS", "WORKER_POLL_INTERVAL"):
+        value = getattr(s, key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            errors.append(
+                _error(key, f"must be a positive number of seconds, not {value!r}", "", 12)
+            )
+    prefetch = s.WORKER_PREFETCH_MAX
+    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 1:
+        errors.append(
+            _error("WORKER_PREFETCH_MAX", f"must be an integer >= 1, not {prefetch!r}", "", 13)
+        )
+    return errors
+
+
+def _known_type(types: set[str]) -> bool:
+    from kombu.serialization import registry
+
+    return all(t in registry._decoders for t in types)
+
+
+def _check_routes(routes: Any) -> list[CheckMessage]:
+    if not isinstance(routes, dict):
+        return [_error("TASK_ROUTES", "must be a dict of task name -> {'queue': ...}", "", 10)]
+    errors: list[CheckMessage] = []
+    for name, route in routes.items():
+        if not isinstance(route, dict) or set(route) - {"queue", "priority"}:
+            errors.append(
+                _error(
+                    "TASK_ROUTES",
+                    f"route for {name!r} must be a dict with "
+                    f"'queue' and/or 'priority', not {route!r}",
+                    "",
+                    10,
+                )
+            )
+        elif "queue" in route and (not isinstance(route["queue"], str) or not route["queue"]):
+            errors.append(
+                _error("TASK_ROUTES", f"queue for {name!r} must be a non-empty string", "", 10)
+            )
+    return errors

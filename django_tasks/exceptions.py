@@ -1,0 +1,59 @@
+"""Exceptions raised to users of django_tasks, named as in Celery."""
+
+from kombu.exceptions import EncodeError, OperationalError
+
+__all__ = [
+    "EncodeError",
+    "ImproperlyConfiguredTask",
+    "MaxRetriesExceededError",
+    "NotRegistered",
+    "OperationalError",
+    "Retry",
+    "TaskError",
+    "TaskRevokedError",
+    "TimeoutError",
+    "WorkerLostError",
+]
+
+
+class TaskError(Exception):
+    """A task failed with an exception that cannot be rebuilt here."""
+
+
+class TimeoutError(TaskError):
+    """``AsyncResult.get()`` waited longer than ``timeout``."""
+
+
+class TaskRevokedError(TaskError):
+    """The task was revoked (or expired) and will never run."""
+
+
+class NotRegistered(KeyError):
+    """No task of that name is registered."""
+
+    def __str__(self) -> str:
+        return f"Task {self.args[0]!r} is not registered"
+
+
+class ImproperlyConfiguredTask(ValueError):
+    """A ``@task`` declaration has a bad name or option."""
+
+
+class MaxRetriesExceededError(TaskError):
+    """``Task.retry()`` was called after ``max_retries`` retries."""
+
+
+class WorkerLostError(Exception):
+    """The worker running the task died before recording its outcome."""
+
+
+class Retry(Exception):
+    """Raised by ``Task.retry()`` to tell the worker to run the task again later."""
+
+    def __init__(self, message: str | None = None, exc: BaseException | None = None, when=None):
+        self.exc = exc
+        self.when = when
+        super().__init__(message or (f"Retry in {when}" if when is not None else "Retry"))
+
+    def __reduce__(self):
+        return self.__class__, (self.args[0], self.exc, self.when)

@@ -1,0 +1,95 @@
+"""``manage.py runworker``: parse and check the options, then hand over to the worker."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from django_tasks.conf import tasks_settings
+from django_tasks.worker import Worker
+from django_tasks.worker.pool import POOLS
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class Command(BaseCommand):
+    help = "Run a django_tasks worker: claim and run tasks until stopped."
+    requires_system_checks = "__all__"
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "-Q",
+            "--queues",
+            default=None,
+            help="Comma-separated queues to consume (default: TASK_DEFAULT_QUEUE).",
+        )
+        parser.add_argument(
+            "-c",
+            "--concurrency",
+            type=int,
+            default=None,
+            help="Tasks run at once (default: the number of CPUs).",
+        )
+        parser.add_argument(
+            "-P",
+            "--pool",
+            choices=POOLS,
+            default="prefork",
+            help="prefork (processes, default), threads, or solo (inline).",
+        )
+        parser.add_argument(
+            "--burst", action="store_true", help="Exit 0 once no task is due in the queues."
+        )
+        parser.add_argument(
+            "-l",
+            "--loglevel",
+            choices=LOG_LEVELS,
+            default="info",
+            type=str.lower,
+            help="Logging level (default: info).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        queues = [
+            q.strip()
+            for q in (options["queues"] or tasks_settings.TASK_DEFAULT_QUEUE).split(",")
+            if q.strip()
+        ]
+        if not queues:
+            raise CommandError("--queues: name at least one queue")
+        concurrency = options["concurrency"]
+        if concurrency is None:
+            import os
+
+            concurrency = os.cpu_count() or 1
+        if concurrency < 1:
+            raise CommandError(f"--concurrency must be at least 1, not {concurrency}")
+        if options["pool"] == "solo" and concurrency != 1:
+            if options["concurrency"] is not None:
+                raise CommandError("--pool solo runs one task at a time; use --concurrency 1")
+            concurrency = 1
+        configure_logging(options["loglevel"])
+        worker = Worker(
+            queues=queues, concurrency=concurrency, pool=options["pool"], burst=options["burst"]
+        )
+        self.stdout.write(worker.banner())
+        self.stdout.flush()
+        code = worker.run()
+        if code:
+            sys.exit(code)
+
+
+def configure_logging(level: str) -> None:
+    """Log at ``level`` to stderr, unless the project's LOGGING already handles our logger."""
+    logger = logging.getLogger("django_tasks")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s: %(levelname)s/%(process)d] %(message)s")
+        )
+        logger.addHandler(handler)
+        logger.propagate = False

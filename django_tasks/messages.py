@@ -1,0 +1,226 @@
+"""Encoding task arguments, results and exceptions, through kombu's registries.
+
+Plain JSON arguments (the default) are kept as JSON in the task row, so the admin and
+the database can read them; any other serializer, or any compression, produces an
+encoded ``body`` with its media type, as a message on the wire would carry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback as tb_module
+from dataclasses import dataclass
+from typing import Any
+
+from kombu import compression as kombu_compression
+from kombu import serialization
+from kombu.exceptions import ContentDisallowed, DecodeError, EncodeError
+from kombu.utils import json as kombu_json
+
+from .exceptions import TaskError
+
+JSON_CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedArguments:
+    """Arguments ready to store: plain JSON in ``args``/``kwargs``, or an encoded body."""
+
+    args: list[Any] | None
+    kwargs: dict[str, Any] | None
+    body: bytes | None = None
+    content_type: str = ""
+    compression: str | None = None
+
+
+def known_serializers() -> list[str]:
+    return sorted(serialization.registry._encoders)
+
+
+def known_compressions() -> list[str]:
+    return sorted(set(kombu_compression._aliases) | {"brotli", "zstd"})
+
+
+def check_serializer(name: str, *, option: str = "serializer") -> None:
+    """Raise ``ValueError`` naming ``option`` unless ``name`` is a registered serializer."""
+    if name not in serialization.registry._encoders:
+        raise ValueError(
+            f"{option}={name!r} is not a known serializer; "
+            f"choose one of {', '.join(known_serializers())}"
+        )
+
+
+def check_compression(name: str, *, option: str = "compression") -> None:
+    """Raise ``ValueError`` naming ``option`` unless kombu can compress with ``name``."""
+    try:
+        kombu_compression.get_encoder(name)
+    except (KeyError, ImportError, AttributeError):
+        hint = ""
+        if name in ("brotli", "zstd"):
+            hint = f" (install the {name!r} extra: pip install 'django-kombu-tasks[{name}]')"
+        raise ValueError(
+            f"{option}={name!r} is not an available compression method{hint}; "
+            f"choose one of {', '.join(known_compressions())}"
+        ) from None
+
+
+def content_type_of(serializer: str) -> str:
+    return serialization.registry.name_to_type[serializer]
+
+
+def accepted_content_types(accept: list[str]) -> set[str]:
+    """Media types for a list of serializer names or media types (``ACCEPT_CONTENT``)."""
+    return {serialization.registry.name_to_type.get(a, a) for a in accept}
+
+
+def encode_arguments(
+    args: list[Any],
+    kwargs: dict[str, Any],
+    *,
+    serializer: str,
+    compression: str | None,
+    task_name: str,
+) -> EncodedArguments:
+    """Encode call arguments, or raise ``EncodeError`` naming the task."""
+    try:
+        if serializer == "json" and not compression:
+            # Validate now; the JSON field encodes the same way when the row is saved.
+            kombu_json.dumps([args, kwargs])
+            return EncodedArguments(args=list(args), kwargs=dict(kwargs))
+        content_type, _encoding, data = serialization.dumps([args, kwargs], serializer=serializer)
+    except EncodeError as exc:
+        raise EncodeError(
+            f"Task {task_name!r}: arguments cannot be encoded with {serializer!r}: {exc}"
+        ) from exc
+    except Exception as exc:
+        raise EncodeError(
+            f"Task {task_name!r}: arguments cannot be encoded with {serializer!r}: {exc}"
+        ) from exc
+    body = data.encode() if isinstance(data, str) else bytes(data)
+    if compression:
+        body, _ctype = kombu_compression.compress(body, compression)
+    return EncodedArguments(
+        args=None, kwargs=None, body=body, content_type=content_type, compression=compression
+    )
+
+
+def decode_arguments(
+    args: Any,
+    kwargs: Any,
+    body: bytes | None,
+    content_type: str,
+    compression: str | None,
+    accept: set[str],
+) -> tuple[list[Any], dict[str, Any]]:
+    """Decode stored arguments; raise ``ContentDisallowed`` or ``DecodeError`` with a reason."""
+    if body is None:
+        if JSON_CONTENT_TYPE not in accept:
+            raise ContentDisallowed(f"content type {JSON_CONTENT_TYPE!r} is not in ACCEPT_CONTENT")
+        args, kwargs = args if args is not None else [], kwargs if kwargs is not None else {}
+    else:
+        if content_type not in accept:
+            raise ContentDisallowed(f"content type {content_type!r} is not in ACCEPT_CONTENT")
+        data = bytes(body)
+        if compression:
+            try:
+                data = kombu_compression.decompress(
+                    data, kombu_compression._aliases.get(compression, compression)
+                )
+            except Exception as exc:
+                raise DecodeError(
+                    f"cannot decompress the body with {compression!r}: {exc}"
+                ) from exc
+        try:
+            decoded = serialization.loads(data, content_type, "binary", accept=accept)
+        except ContentDisallowed:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"cannot decode the {content_type!r} body: {exc}") from exc
+        if not (isinstance(decoded, list | tuple) and len(decoded) == 2):
+            raise DecodeError("the body is not an [args, kwargs] pair")
+        args, kwargs = decoded
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        raise DecodeError(
+            f"args must be a list and kwargs a dict, not {type(args).__name__} "
+            f"and {type(kwargs).__name__}"
+        )
+    return list(args), kwargs
+
+
+def encode_result(value: Any) -> Any:
+    """Check that a return value can be stored as JSON; raise ``EncodeError`` if not."""
+    try:
+        kombu_json.dumps(value)
+    except Exception as exc:
+        raise EncodeError(f"the return value cannot be stored as JSON: {exc}") from exc
+    return value
+
+
+def json_round_trip(value: Any) -> Any:
+    """What a value looks like after being stored and read back (for eager mode)."""
+    return kombu_json.loads(kombu_json.dumps(value))
+
+
+def exception_to_dict(exc: BaseException) -> dict[str, Any]:
+    """Celery's JSON form of an exception: type, module and message arguments."""
+    exc_type = type(exc)
+    try:
+        exc_args = json_round_trip(list(exc.args))
+    except Exception:
+        exc_args = [str(exc)]
+    return {
+        "exc_type": exc_type.__qualname__,
+        "exc_module": exc_type.__module__,
+        "exc_message": exc_args,
+    }
+
+
+def format_traceback(exc: BaseException) -> str:
+    return "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _find_exception_class(module: str, qualname: str) -> type[BaseException] | None:
+    mod = sys.modules.get(module)
+    if mod is None:
+        try:
+            mod = importlib.import_module(module)
+        except Exception:
+            return None
+    obj: Any = mod
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    if isinstance(obj, type) and issubclass(obj, BaseException):
+        return obj
+    return None
+
+
+def exception_from_dict(data: Any, traceback: str | None = None) -> BaseException:
+    """Rebuild a stored exception as its own type, else as :class:`TaskError`.
+
+    Only ``BaseException`` subclasses are rebuilt. The remote traceback is attached as
+    ``exc.remote_traceback`` and as an exception note, so it prints with the error.
+    """
+    if not isinstance(data, dict) or "exc_type" not in data:
+        exc: BaseException = TaskError(f"Task failed: {data!r}")
+    else:
+        module, qualname = str(data.get("exc_module", "")), str(data["exc_type"])
+        message = data.get("exc_message", [])
+        exc_args = message if isinstance(message, list) else [message]
+        cls = _find_exception_class(module, qualname)
+        exc = None  # type: ignore[assignment]
+        if cls is not None:
+            try:
+                exc = cls(*exc_args)
+            except Exception:
+                exc = None  # type: ignore[assignment]
+        if exc is None:
+            text = ", ".join(str(a) for a in exc_args)
+            name = f"{module}.{qualname}" if module and module != "builtins" else qualname
+            exc = TaskError(f"{name}: {text}" if text else name)
+    if traceback:
+        exc.remote_traceback = traceback  # type: ignore[attr-defined]
+        exc.add_note(f"Remote traceback:\n{traceback.rstrip()}")
+    return exc

@@ -1,0 +1,158 @@
+"""Stored tasks: one :class:`TaskResult` row per task id, and its state history.
+
+The row is both the result *and*, on the database transport, the queue entry: a task
+is claimable while it is ``PENDING`` or ``RETRY``, due (``run_after`` has passed) and
+holds no lease. Every state change also adds a :class:`TaskStateChange` row; the
+initial ``PENDING`` is implied by ``date_created`` so that sending stays one statement.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from kombu.utils.json import JSONEncoder as KombuJSONEncoder
+from kombu.utils.json import object_hook as kombu_object_hook
+
+from . import states
+
+STATE_CHOICES = sorted((s, s) for s in states.ALL_STATES)
+CLAIMABLE_STATES = (states.PENDING, states.RETRY)
+
+
+class TaskJSONEncoder(KombuJSONEncoder):
+    """kombu's JSON encoder: dates, UUIDs and decimals survive the round trip."""
+
+
+class TaskJSONDecoder(json.JSONDecoder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("object_hook", kombu_object_hook)
+        super().__init__(*args, **kwargs)
+
+
+def _json_field(**kwargs: Any) -> models.JSONField:
+    return models.JSONField(
+        null=True, blank=True, encoder=TaskJSONEncoder, decoder=TaskJSONDecoder, **kwargs
+    )
+
+
+class TaskResultQuerySet(models.QuerySet["TaskResult"]):
+    def ready(self) -> TaskResultQuerySet:
+        return self.filter(state__in=states.READY_STATES)
+
+    def unready(self) -> TaskResultQuerySet:
+        return self.exclude(state__in=states.READY_STATES)
+
+    def claimable(self, queues: list[str], now: Any) -> TaskResultQuerySet:
+        """Due, unleased, waiting tasks of ``queues``, best first."""
+        return self.filter(
+            state__in=CLAIMABLE_STATES,
+            lease_token__isnull=True,
+            queue__in=queues,
+            run_after__lte=now,
+        ).order_by("-priority", "run_after", "id")
+
+    def leased_until_before(self, when: Any) -> TaskResultQuerySet:
+        return self.filter(lease_token__isnull=False, lease_expires__lt=when)
+
+
+class TaskResult(models.Model):
+    """A task: what to run, where it is in its life, and its outcome."""
+
+    task_id = models.CharField("task id", max_length=255, unique=True)
+    task_name = models.CharField("task name", max_length=255, db_index=True)
+    state = models.CharField(
+        max_length=50, default=states.PENDING, choices=STATE_CHOICES, db_index=True
+    )
+    queue = models.CharField(max_length=255, default="default")
+    priority = models.SmallIntegerField(default=0, help_text="Higher runs first.")
+    # Arguments: in ``args``/``kwargs`` for plain JSON, else encoded in ``body``.
+    args = _json_field()
+    kwargs = _json_field()
+    body = models.BinaryField(null=True, blank=True, editable=False)
+    content_type = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="Media type of body; empty for plain JSON args.",
+    )
+    options = _json_field(help_text="Call options: headers, links, ignore_result, ...")
+    result = _json_field()
+    traceback = models.TextField(null=True, blank=True)  # noqa: DJ001 - None as in Celery
+    meta = _json_field()
+    retries = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=255, blank=True, default="")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    date_created = models.DateTimeField("created", db_index=True)
+    run_after = models.DateTimeField("run after", help_text="Not run before this time (eta).")
+    expires = models.DateTimeField(null=True, blank=True)
+    date_started = models.DateTimeField("started", null=True, blank=True)
+    date_done = models.DateTimeField("done", null=True, blank=True, db_index=True)
+    revoked = models.BooleanField(default=False, help_text="Revoke requested while running.")
+    # NULL, not "", marks an unleased row: the claim index is partial on it.
+    lease_token = models.CharField(max_length=32, null=True, blank=True, editable=False)  # noqa: DJ001
+    lease_expires = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = TaskResultQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "task result"
+        ordering = ["-date_created", "-id"]
+        indexes = [
+            # What a worker claims next, on the database transport.
+            models.Index(
+                fields=["queue", "-priority", "run_after"],
+                condition=Q(state__in=CLAIMABLE_STATES, lease_token__isnull=True),
+                name="django_tasks_due_idx",
+            ),
+            # Leases the reaper recovers.
+            models.Index(
+                fields=["lease_expires"],
+                condition=Q(lease_token__isnull=False),
+                name="django_tasks_lease_idx",
+            ),
+            # Waiting tasks that expire.
+            models.Index(
+                fields=["expires"],
+                condition=Q(expires__isnull=False, state__in=CLAIMABLE_STATES),
+                name="django_tasks_expires_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}[{self.task_id}] {self.state}"
+
+    @property
+    def runtime(self) -> float | None:
+        """Seconds from start to finish, when both are known."""
+        if self.date_started and self.date_done:
+            return (self.date_done - self.date_started).total_seconds()
+        return None
+
+    def state_history(self) -> list[tuple[str, Any]]:
+        """``[(state, at), ...]`` oldest first, starting with the implied ``PENDING``."""
+        rows = [(states.PENDING, self.date_created)]
+        rows.extend(self.history.values_list("state", "at"))
+        return rows
+
+
+class TaskStateChange(models.Model):
+    """One state transition of a task, in order."""
+
+    task = models.ForeignKey(TaskResult, on_delete=models.CASCADE, related_name="history")
+    state = models.CharField(max_length=50)
+    at = models.DateTimeField()
+    worker = models.CharField(max_length=255, blank=True, default="")
+    detail = models.TextField(blank=True, default="")
+
+    class Meta:
+        verbose_name = "state change"
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.state} at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,361 @@
+"""Reading results: :class:`AsyncResult` for sent tasks, :class:`EagerResult` for eager ones."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import states
+from .context import in_worker_task
+from .exceptions import TimeoutError
+from .messages import exception_from_dict
+
+ROW_FIELDS = (
+    "task_id",
+    "task_name",
+    "state",
+    "result",
+    "traceback",
+    "meta",
+    "date_done",
+    "date_created",
+    "date_started",
+    "args",
+    "kwargs",
+    "retries",
+    "queue",
+    "worker",
+    "options",
+)
+#: The first poll comes this soon; later ones back off up to ``get(interval=...)``.
+FIRST_POLL_INTERVAL = 0.005
+
+
+class AsyncResult:
+    """A task's state and outcome, read from the database by task id."""
+
+    def __init__(
+        self, id: str, task_name: str | None = None, *, ignore_result: bool = False
+    ) -> None:
+        if not isinstance(id, str) or not id:
+            raise ValueError(f"AsyncResult needs a task id string, not {id!r}")
+        self.id = id
+        self._task_name = task_name
+        self._ignore_result = ignore_result
+        self._row: dict[str, Any] | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AsyncResult):
+            return self.id == other.id
+        if isinstance(other, str):
+            return self.id == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- reading the row ----------------------------------------------------------------------
+
+    def _fetch(self) -> dict[str, Any] | None:
+        """The stored row, re-read unless it is already in a ready state."""
+        if self._row is not None and self._row["state"] in states.READY_STATES:
+            return self._row
+        from .models import TaskResult
+
+        self._row = TaskResult.objects.filter(task_id=self.id).values(*ROW_FIELDS).first()
+        return self._row
+
+    def _field(self, name: str) -> Any:
+        row = self._fetch()
+        return row[name] if row else None
+
+    @property
+    def state(self) -> str:
+        """The task's state; ``PENDING`` for an id that is not stored (as in Celery)."""
+        row = self._fetch()
+        return row["state"] if row else states.PENDING
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        """The return value, the exception, or a custom state's meta."""
+        return _outcome(self._fetch())
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        return self._field("traceback")
+
+    @property
+    def name(self) -> str | None:
+        return self._field("task_name") or self._task_name
+
+    @property
+    def args(self) -> list[Any] | None:
+        return self._field("args")
+
+    @property
+    def kwargs(self) -> dict[str, Any] | None:
+        return self._field("kwargs")
+
+    @property
+    def retries(self) -> int | None:
+        return self._field("retries")
+
+    @property
+    def queue(self) -> str | None:
+        return self._field("queue")
+
+    @property
+    def worker(self) -> str | None:
+        return self._field("worker") or None
+
+    @property
+    def date_done(self) -> dt.datetime | None:
+        return self._field("date_done")
+
+    @property
+    def date_created(self) -> dt.datetime | None:
+        return self._field("date_created")
+
+    @property
+    def date_started(self) -> dt.datetime | None:
+        return self._field("date_started")
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    def exists(self) -> bool:
+        """True if this id was sent (and not forgotten); unknown ids read ``PENDING``."""
+        return self._fetch() is not None
+
+    def forget(self) -> None:
+        """Delete the stored result and its history."""
+        from .results import forget
+
+        forget(self.id)
+        self._row = None
+
+    def revoke(self, terminate: bool = False, signal: str | None = None) -> bool:
+        """Make sure the task never starts; ``REVOKED`` is stored durably.
+
+        A task no worker has started yet is never run. ``terminate`` is not supported yet:
+        a task already running finishes.
+        """
+        from .results import revoke
+
+        if terminate:
+            raise NotImplementedError("revoke(terminate=True) is not supported yet")
+        done = revoke(self.id)
+        self._row = None
+        return done
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
+        disable_sync_subtasks: bool = True,
+    ) -> Any:
+        """Wait for the task to finish and return its value (or raise its exception).
+
+        ``timeout`` in seconds raises :class:`~django_tasks.exceptions.TimeoutError`;
+        ``propagate=False`` returns the exception instead of raising it; ``on_message``
+        is called with a meta dict for every state change seen while waiting.
+        """
+        if disable_sync_subtasks and in_worker_task():
+            raise RuntimeError(
+                "Never call result.get() within a task: waiting on another "
+                "task from a task can deadlock the workers"
+            )
+        if self._ignore_result:
+            return None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiter = _waiter()
+        sleep = min(FIRST_POLL_INTERVAL, interval)
+        last_state = None
+        while True:
+            row = self._fetch()
+            state = row["state"] if row else states.PENDING
+            if on_message is not None and row is not None and state != last_state:
+                on_message(_meta(row))
+            last_state = state
+            if state in states.READY_STATES:
+                return self._outcome_for_get(row, propagate)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError("The operation timed out.")
+            pause = sleep if remaining is None else min(sleep, remaining)
+            waiter.wait(self.id, pause)
+            sleep = min(sleep * 2, interval)
+
+    wait = get
+
+    def _outcome_for_get(self, row: dict[str, Any] | None, propagate: bool) -> Any:
+        outcome = _outcome(row)
+        if row and row["state"] in states.PROPAGATE_STATES and propagate:
+            raise outcome
+        return outcome
+
+
+class EagerResult(AsyncResult):
+    """The outcome of a task run in-process (``TASK_ALWAYS_EAGER`` or ``Task.apply``)."""
+
+    def __init__(
+        self,
+        id: str,
+        state: str,
+        result: Any,
+        *,
+        traceback: str | None = None,
+        task_name: str | None = None,
+        exc_dict: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(id, task_name)
+        self._state = state
+        self._result = result
+        self._traceback = traceback
+        now = dt.datetime.now(dt.UTC)
+        self._row = {
+            "task_id": id,
+            "task_name": task_name,
+            "state": state,
+            "result": exc_dict if exc_dict is not None else result,
+            "traceback": traceback,
+            "meta": None,
+            "date_done": now,
+            "date_created": now,
+            "date_started": now,
+            "args": None,
+            "kwargs": None,
+            "retries": 0,
+            "queue": None,
+            "worker": "",
+            "options": None,
+        }
+
+    def __repr__(self) -> str:
+        return f"<EagerResult: {self.id}>"
+
+    def _fetch(self) -> dict[str, Any] | None:
+        return self._row
+
+    @property
+    def result(self) -> Any:
+        return self._result
+
+    info = result
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
+        disable_sync_subtasks: bool = True,
+    ) -> Any:
+        if on_message is not None:
+            on_message(_meta(self._row))
+        if self._state in states.PROPAGATE_STATES and propagate:
+            raise self._result
+        return self._result
+
+    wait = get
+
+    def forget(self) -> None:
+        pass
+
+    def revoke(self, terminate: bool = False, signal: str | None = None) -> bool:
+        return False
+
+
+def _outcome(row: dict[str, Any] | None) -> Any:
+    if row is None:
+        return None
+    state = row["state"]
+    if state == states.SUCCESS:
+        return row["result"]
+    if state in states.EXCEPTION_STATES:
+        return exception_from_dict(row["result"], row["traceback"])
+    if state in (states.PENDING, states.RECEIVED, states.STARTED):
+        return row["meta"] if state == states.STARTED else None
+    return row["meta"]  # a custom state, e.g. PROGRESS
+
+
+def _meta(row: dict[str, Any]) -> dict[str, Any]:
+    """The dict ``on_message`` receives, as Celery's result meta."""
+    state = row["state"]
+    result = row["result"] if state in states.READY_STATES or state == states.RETRY else row["meta"]
+    return {
+        "task_id": row["task_id"],
+        "status": state,
+        "result": result,
+        "traceback": row["traceback"],
+        "date_done": row["date_done"],
+    }
+
+
+class _PollingWaiter:
+    def wait(self, task_id: str, timeout: float) -> None:
+        time.sleep(max(timeout, 0))
+
+
+class _NotifyWaiter:
+    """Waits on PostgreSQL notifications of state changes, falling back to the timeout."""
+
+    def __init__(self) -> None:
+        from .transports.database import STATES_CHANNEL, open_listen_connection
+
+        self._conn = open_listen_connection(STATES_CHANNEL)
+
+    def wait(self, task_id: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                for notify in self._conn.notifies(timeout=remaining, stop_after=1):
+                    if notify.payload == task_id:
+                        return
+        except Exception:
+            self._conn.close()
+            _local.waiter = None
+            time.sleep(max(deadline - time.monotonic(), 0))
+
+
+_local = threading.local()
+
+
+def _waiter() -> _PollingWaiter | _NotifyWaiter:
+    """This thread's waiter: notifications on PostgreSQL, polling elsewhere."""
+    waiter = getattr(_local, "waiter", None)
+    if waiter is None:
+        from .transports import get_transport
+
+        waiter = _PollingWaiter()
+        if get_transport().wakes_without_polling:
+            try:
+                waiter = _NotifyWaiter()
+            except Exception:
+                waiter = _PollingWaiter()
+        _local.waiter = waiter
+    return waiter

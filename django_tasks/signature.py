@@ -1,0 +1,126 @@
+"""Signatures: a task name with arguments and options, to call later (``add.s(2)``).
+
+A signature is a JSON-serializable dict, as in Celery, so it can travel in a message
+as a ``link`` or ``link_error``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .result import AsyncResult
+    from .task import Task
+
+
+class Signature(dict):
+    """``{"task", "args", "kwargs", "options", "immutable"}``; callable and sendable."""
+
+    def __init__(
+        self,
+        task: str | Task,
+        args: tuple | list | None = None,
+        kwargs: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+        immutable: bool = False,
+    ) -> None:
+        name = task if isinstance(task, str) else task.name
+        if args is not None and not isinstance(args, list | tuple):
+            raise TypeError(
+                f"signature of {name!r}: args must be a list or tuple, not {type(args).__name__}"
+            )
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(
+                f"signature of {name!r}: kwargs must be a dict, not {type(kwargs).__name__}"
+            )
+        super().__init__(
+            task=name,
+            args=list(args or ()),
+            kwargs=dict(kwargs or {}),
+            options=dict(options or {}),
+            immutable=bool(immutable),
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Signature:
+        if isinstance(data, Signature):
+            return data
+        if not isinstance(data, dict) or not isinstance(data.get("task"), str):
+            raise TypeError(f"not a signature: {data!r}")
+        return cls(
+            data["task"],
+            data.get("args"),
+            data.get("kwargs"),
+            data.get("options"),
+            data.get("immutable", False),
+        )
+
+    @property
+    def task(self) -> str:
+        return self["task"]
+
+    @property
+    def args(self) -> list[Any]:
+        return self["args"]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return self["kwargs"]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self["options"]
+
+    @property
+    def immutable(self) -> bool:
+        return self["immutable"]
+
+    @property
+    def type(self) -> Task:
+        """The registered task this signature names."""
+        from .registry import tasks_registry
+
+        return tasks_registry.get_task(self.task)
+
+    def clone(
+        self, args: tuple | list = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Signature:
+        """A copy with ``args`` prepended and ``kwargs``/options merged (unless immutable)."""
+        if self.immutable:
+            return Signature(self.task, self.args, self.kwargs, {**self.options, **options}, True)
+        return Signature(
+            self.task,
+            [*args, *self.args],
+            {**self.kwargs, **(kwargs or {})},
+            {**self.options, **options},
+            False,
+        )
+
+    def apply_async(
+        self, args: tuple | list = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> AsyncResult:
+        sig = self.clone(args, kwargs)
+        return self.type.apply_async(sig.args, sig.kwargs, **{**sig.options, **options})
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        return self.apply_async(args, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        sig = self.clone(args, kwargs)
+        return self.type(*sig.args, **sig.kwargs)
+
+    def __repr__(self) -> str:
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"{self.task}{'.si' if self.immutable else '.s'}({', '.join(parts)})"
+
+
+def signature(
+    task: str | Task | dict[str, Any],
+    args: tuple | list | None = None,
+    kwargs: dict[str, Any] | None = None,
+    **options: Any,
+) -> Signature:
+    """Build a :class:`Signature` from a task, a task name or a signature dict."""
+    if isinstance(task, dict):
+        return Signature.from_dict(task)
+    return Signature(task, args, kwargs, options)

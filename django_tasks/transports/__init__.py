@@ -1,0 +1,43 @@
+"""Transports: how a task travels from ``apply_async`` to a worker.
+
+``django://`` (the default) is the Django database transport.
+"""
+
+from __future__ import annotations
+
+import threading
+from urllib.parse import urlsplit
+
+from ..conf import tasks_settings
+from .base import ClaimedTask, Transport
+
+__all__ = ["ClaimedTask", "Transport", "get_transport", "transport_class_for"]
+
+_local = threading.local()
+
+
+def transport_class_for(url: str) -> type[Transport]:
+    """The transport class serving ``url``; ``ValueError`` naming the scheme otherwise."""
+    scheme = urlsplit(url).scheme
+    if scheme == "django":
+        from .database import DatabaseTransport
+
+        return DatabaseTransport
+    from kombu.transport import TRANSPORT_ALIASES
+
+    if scheme in TRANSPORT_ALIASES or scheme in ("amqps", "rediss"):
+        raise ValueError(
+            f"BROKER_URL scheme {scheme!r} is a kombu transport, which this version "
+            f"does not support yet; use 'django://'"
+        )
+    raise ValueError(f"BROKER_URL scheme {scheme!r} is unknown; use 'django://'")
+
+
+def get_transport() -> Transport:
+    """The transport for ``BROKER_URL``, one per thread (connections are per thread)."""
+    url = tasks_settings.BROKER_URL
+    transport = getattr(_local, "transport", None)
+    if transport is None or transport.url != url:
+        transport = transport_class_for(url)(url)
+        _local.transport = transport
+    return transport

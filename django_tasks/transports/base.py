@@ -1,0 +1,82 @@
+"""The narrow contract between the calling side, the worker and a message transport."""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..task import OutgoingTask
+
+
+@dataclass(slots=True)
+class ClaimedTask:
+    """A task a worker holds a lease on, as read from the transport."""
+
+    pk: int
+    task_id: str
+    task_name: str
+    state: str
+    args: Any
+    kwargs: Any
+    body: bytes | None
+    content_type: str
+    options: dict[str, Any]
+    retries: int
+    queue: str
+    priority: int
+    run_after: dt.datetime
+    expires: dt.datetime | None
+    revoked: bool
+    owner_id: Any
+
+
+class Transport(abc.ABC):
+    """Sends tasks, and lets workers claim, keep and give back leases on them."""
+
+    #: A URL scheme this transport serves, e.g. ``"django"``.
+    scheme: str = ""
+    #: True where waiting workers and result waiters are woken without polling.
+    wakes_without_polling: bool = False
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @abc.abstractmethod
+    def send(self, outgoing: OutgoingTask, *, retry: bool, retry_policy: dict[str, Any]) -> None:
+        """Store or publish one task; retry per ``retry_policy`` on connection errors."""
+
+    @abc.abstractmethod
+    def claim(
+        self, queues: list[str], limit: int, *, lease_token: str, lease_seconds: float, worker: str
+    ) -> list[ClaimedTask]:
+        """Lease up to ``limit`` due tasks of ``queues``, best first."""
+
+    @abc.abstractmethod
+    def renew(self, lease_tokens: list[str], lease_seconds: float) -> int:
+        """Extend every lease held under ``lease_tokens``; returns how many tasks that kept."""
+
+    @abc.abstractmethod
+    def release(self, lease_token: str, pks: list[int]) -> int:
+        """Give back claimed tasks that were never started, for another worker to run."""
+
+    @abc.abstractmethod
+    def recover_expired_leases(self) -> int:
+        """Apply the lost-worker rule to tasks whose lease ran out; returns how many."""
+
+    @abc.abstractmethod
+    def wait_for_tasks(self, queues: list[str], timeout: float) -> None:
+        """Block until tasks may be due in ``queues`` or ``timeout`` seconds pass."""
+
+    @abc.abstractmethod
+    def seconds_until_due(self, queues: list[str], cap: float) -> float:
+        """Seconds until the next waiting task of ``queues`` is due, at most ``cap``."""
+
+    def describe(self) -> str:
+        """One line for the worker banner."""
+        return self.url
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections held for waiting."""

@@ -1,0 +1,352 @@
+"""The Django database transport (``django://``): the task row is the queue entry.
+
+* Sending is one ``INSERT`` (on PostgreSQL a trigger adds a ``NOTIFY`` to it).
+* Claiming leases a batch of due rows in one statement: ``UPDATE … WHERE id IN (SELECT …
+  FOR UPDATE SKIP LOCKED) RETURNING …`` on PostgreSQL, the same without row locks on SQLite
+  (one statement is one short write transaction there), and ``SELECT … FOR UPDATE SKIP
+  LOCKED`` then ``UPDATE`` in a transaction on MySQL/MariaDB.
+* A lease is a token and an expiry; workers renew theirs, and any worker recovers the ones
+  that ran out: ``acks_late`` tasks are queued again, others fail with ``WorkerLostError``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, InterfaceError, connection, transaction
+from django.db import OperationalError as DjangoOperationalError
+from django.db.models import Q
+from django.utils import timezone
+from kombu.exceptions import OperationalError
+
+from .. import states
+from ..conf import tasks_settings
+from ..messages import exception_to_dict
+from ..models import CLAIMABLE_STATES, TaskResult
+from .base import ClaimedTask, Transport
+
+logger = logging.getLogger("django_tasks.transport")
+
+#: PostgreSQL channel a trigger notifies (payload: the queue) when a task row is inserted.
+TASKS_CHANNEL = "django_tasks_enqueued"
+#: PostgreSQL channel a trigger notifies (payload: the task id) when a task's state changes.
+STATES_CHANNEL = "django_tasks_state"
+
+CLAIM_COLUMNS = (
+    "id",
+    "task_id",
+    "task_name",
+    "state",
+    "args",
+    "kwargs",
+    "body",
+    "content_type",
+    "options",
+    "retries",
+    "queue",
+    "priority",
+    "run_after",
+    "expires",
+    "revoked",
+    "owner_id",
+)
+CONNECTION_ERRORS = (DjangoOperationalError, InterfaceError)
+
+
+def publish_delays(policy: dict[str, Any]):
+    """Sleeps between publish attempts: start, start+step, ... capped at ``interval_max``."""
+    max_retries = policy["max_retries"]
+    attempt = 0
+    while max_retries is None or attempt < max_retries:
+        yield min(
+            policy["interval_start"] + attempt * policy["interval_step"], policy["interval_max"]
+        )
+        attempt += 1
+
+
+class DatabaseTransport(Transport):
+    """Tasks as rows of :class:`~django_tasks.models.TaskResult` in the default database."""
+
+    scheme = "django"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._listener: Any = None
+
+    @property
+    def vendor(self) -> str:
+        return connection.vendor
+
+    @property
+    def wakes_without_polling(self) -> bool:  # type: ignore[override]
+        return self.vendor == "postgresql"
+
+    def describe(self) -> str:
+        settings = connection.settings_dict
+        where = settings.get("HOST") or ""
+        return f"django:// ({connection.vendor}, {where + '/' if where else ''}{settings['NAME']})"
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send(self, outgoing: Any, *, retry: bool, retry_policy: dict[str, Any]) -> None:
+        encoded = outgoing.encoded
+        row = TaskResult(
+            task_id=outgoing.task_id,
+            task_name=outgoing.task_name,
+            queue=outgoing.queue,
+            priority=outgoing.priority,
+            args=encoded.args,
+            kwargs=encoded.kwargs,
+            body=encoded.body,
+            content_type=encoded.content_type,
+            options=outgoing.options,
+            owner_id=outgoing.owner_id,
+            date_created=outgoing.created,
+            run_after=outgoing.run_after,
+            expires=outgoing.expires,
+        )
+        delays = publish_delays(retry_policy) if retry else iter(())
+        while True:
+            try:
+                row.save(force_insert=True)
+                return
+            except IntegrityError as exc:
+                if TaskResult.objects.filter(task_id=outgoing.task_id).exists():
+                    raise ValueError(
+                        f"task_id {outgoing.task_id!r} is already used by another task"
+                    ) from exc
+                raise
+            except CONNECTION_ERRORS as exc:
+                # Inside the caller's transaction a lost connection cannot be retried.
+                delay = None if connection.in_atomic_block else next(delays, None)
+                if delay is None:
+                    raise OperationalError(
+                        f"Could not send task {outgoing.task_name!r}: the "
+                        f"database is unreachable: {exc}"
+                    ) from exc
+                logger.warning(
+                    "Sending %s failed (%s); retrying in %.2fs", outgoing.task_name, exc, delay
+                )
+                connection.close()
+                time.sleep(delay)
+
+    # -- claiming -----------------------------------------------------------------------------
+
+    def claim(
+        self, queues: list[str], limit: int, *, lease_token: str, lease_seconds: float, worker: str
+    ) -> list[ClaimedTask]:
+        now = timezone.now()
+        lease_expires = now + dt.timedelta(seconds=lease_seconds)
+        if self.vendor in ("postgresql", "sqlite"):
+            rows = self._claim_returning(queues, limit, now, lease_token, lease_expires, worker)
+        else:
+            rows = self._claim_select_then_update(
+                queues, limit, now, lease_token, lease_expires, worker
+            )
+        claimed = [self._to_claimed(row) for row in rows]
+        claimed.sort(key=lambda c: (-c.priority, c.run_after, c.pk))
+        return claimed
+
+    def _claim_returning(
+        self,
+        queues: list[str],
+        limit: int,
+        now: dt.datetime,
+        token: str,
+        lease_expires: dt.datetime,
+        worker: str,
+    ) -> list[TaskResult]:
+        table = connection.ops.quote_name(TaskResult._meta.db_table)
+        adapt = connection.ops.adapt_datetimefield_value
+        lock = " FOR UPDATE SKIP LOCKED" if self.vendor == "postgresql" else ""
+        queue_marks = ", ".join(["%s"] * len(queues))
+        sql = (
+            f"UPDATE {table} SET lease_token = %s, lease_expires = %s, worker = %s, "
+            f"date_started = %s WHERE id IN (SELECT id FROM {table} "
+            f"WHERE state IN (%s, %s) AND lease_token IS NULL AND queue IN ({queue_marks}) "
+            f"AND run_after <= %s ORDER BY priority DESC, run_after, id LIMIT %s{lock}) "
+            f"RETURNING {', '.join(CLAIM_COLUMNS)}"
+        )
+        params = [
+            token,
+            adapt(lease_expires),
+            worker,
+            adapt(now),
+            *CLAIMABLE_STATES,
+            *queues,
+            adapt(now),
+            limit,
+        ]
+        return list(TaskResult.objects.raw(sql, params))
+
+    def _claim_select_then_update(
+        self,
+        queues: list[str],
+        limit: int,
+        now: dt.datetime,
+        token: str,
+        lease_expires: dt.datetime,
+        worker: str,
+    ) -> list[TaskResult]:
+        skip_locked = connection.features.has_select_for_update_skip_locked
+        with transaction.atomic():
+            rows = list(
+                TaskResult.objects.claimable(queues, now)
+                .select_for_update(skip_locked=skip_locked)
+                .only(*[c for c in CLAIM_COLUMNS if c != "owner_id"], "owner")[:limit]
+            )
+            if rows:
+                TaskResult.objects.filter(pk__in=[r.pk for r in rows]).update(
+                    lease_token=token, lease_expires=lease_expires, worker=worker, date_started=now
+                )
+        return rows
+
+    @staticmethod
+    def _to_claimed(row: TaskResult) -> ClaimedTask:
+        return ClaimedTask(
+            pk=row.pk,
+            task_id=row.task_id,
+            task_name=row.task_name,
+            state=row.state,
+            args=row.args,
+            kwargs=row.kwargs,
+            body=bytes(row.body) if row.body is not None else None,
+            content_type=row.content_type,
+            options=row.options or {},
+            retries=row.retries,
+            queue=row.queue,
+            priority=row.priority,
+            run_after=row.run_after,
+            expires=row.expires,
+            revoked=row.revoked,
+            owner_id=row.owner_id,
+        )
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def renew(self, lease_tokens: list[str], lease_seconds: float) -> int:
+        if not lease_tokens:
+            return 0
+        until = timezone.now() + dt.timedelta(seconds=lease_seconds)
+        return TaskResult.objects.filter(lease_token__in=lease_tokens).update(lease_expires=until)
+
+    def release(self, lease_token: str, pks: list[int]) -> int:
+        if not pks:
+            return 0
+        return TaskResult.objects.filter(pk__in=pks, lease_token=lease_token).update(
+            lease_token=None, lease_expires=None, worker="", date_started=None
+        )
+
+    def recover_expired_leases(self, lease_tokens: list[str] | None = None) -> int:
+        """Recover tasks whose lease ran out, or (``lease_tokens``) whose holders are gone."""
+        from ..registry import tasks_registry
+        from ..results import StateChange, record_states
+
+        now = timezone.now()
+        if lease_tokens is None:
+            guard = Q(lease_expires__lt=now)
+            rows = TaskResult.objects.leased_until_before(now)
+        else:
+            guard = Q(lease_token__in=lease_tokens)
+            rows = TaskResult.objects.filter(guard)
+        recovered = 0
+        for pk, task_name, token, worker in rows.values_list(
+            "pk", "task_name", "lease_token", "worker"
+        ):
+            task = tasks_registry.get(task_name)
+            acks_late = (
+                task.resolved_acks_late if task is not None else tasks_settings.TASK_ACKS_LATE
+            )
+            if acks_late:
+                change = StateChange(
+                    pk,
+                    states.PENDING,
+                    {"date_started": None, "worker": ""},
+                    detail=f"worker {worker} lost; queued again (acks_late)",
+                )
+            else:
+                from ..exceptions import WorkerLostError
+
+                exc = WorkerLostError(
+                    f"Worker {worker} exited before recording the outcome of the task"
+                )
+                change = StateChange(
+                    pk,
+                    states.FAILURE,
+                    {"result": exception_to_dict(exc), "traceback": None, "date_done": now},
+                    detail=f"worker {worker} lost",
+                )
+            recovered += record_states([change], lease_token=token, guard=guard)
+            logger.warning("Recovered task %s from lost worker %s: %s", pk, worker, change.state)
+        return recovered
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def seconds_until_due(self, queues: list[str], cap: float) -> float:
+        now = timezone.now()
+        next_due = (
+            TaskResult.objects.filter(
+                state__in=CLAIMABLE_STATES,
+                lease_token__isnull=True,
+                queue__in=queues,
+                run_after__lte=now + dt.timedelta(seconds=cap),
+            )
+            .order_by("run_after")
+            .values_list("run_after", flat=True)
+            .first()
+        )
+        if next_due is None:
+            return cap
+        return max(0.0, min(cap, (next_due - now).total_seconds()))
+
+    def wait_for_tasks(self, queues: list[str], timeout: float) -> None:
+        if timeout <= 0:
+            return
+        if self.vendor != "postgresql":
+            time.sleep(timeout)
+            return
+        listener = self._listen_connection()
+        wanted = set(queues)
+        deadline = time.monotonic() + timeout
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                for notify in listener.notifies(timeout=remaining, stop_after=1):
+                    if notify.payload in wanted:
+                        return
+        except DatabaseError:
+            self.close()
+        except Exception as exc:  # psycopg errors on a broken listener connection
+            logger.warning("Lost the LISTEN connection (%s); reconnecting", exc)
+            self.close()
+            time.sleep(min(timeout, 0.5))
+
+    def _listen_connection(self) -> Any:
+        if self._listener is None or self._listener.closed:
+            self._listener = open_listen_connection(TASKS_CHANNEL)
+        return self._listener
+
+    def close(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            finally:
+                self._listener = None
+
+
+def open_listen_connection(channel: str) -> Any:
+    """A separate autocommit psycopg connection listening on ``channel``."""
+    import psycopg
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.pop("server_side_binding", None)
+    conn = psycopg.connect(**params, autocommit=True)
+    conn.execute(f"LISTEN {channel}")
+    return conn
+
+
+__all__ = ["STATES_CHANNEL", "TASKS_CHANNEL", "DatabaseTransport", "open_listen_connection"]

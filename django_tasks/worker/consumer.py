@@ -1,0 +1,149 @@
+"""One consumer loop: claim a batch, run it, record the outcomes in bulk, repeat.
+
+A worker runs ``--concurrency`` of these, each in its own process (prefork), thread
+(threads) or inline (solo), each holding its own lease token.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+
+from django.conf import settings
+from django.db import connections, reset_queries
+
+from ..conf import tasks_settings
+from ..results import StateChange, record_states
+from ..transports import ClaimedTask, get_transport
+from .execution import ExecutionContext, execute
+
+logger = logging.getLogger("django_tasks.worker")
+
+#: A batch is sized to take about this long, so prefetched tasks are not held for long.
+BATCH_WINDOW = 0.05
+#: Outcomes waiting longer than this are written before the next task starts.
+FLUSH_AFTER = 0.02
+#: Claimed tasks held longer than this are checked for a revoke before they start.
+REVOKE_RECHECK_AFTER = 0.1
+
+
+def new_lease_token() -> str:
+    return uuid.uuid4().hex
+
+
+def refresh_connections() -> None:
+    """Drop broken or (with ``CONN_MAX_AGE`` > 0) too old connections; keep the rest.
+
+    Django closes connections at the end of each request; a worker has no requests, and
+    reconnecting for every task would cost more than the task itself.
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None:
+            continue
+        if conn.errors_occurred:
+            if conn.in_atomic_block or not conn.is_usable():
+                conn.close()
+                continue
+            conn.errors_occurred = False
+        max_age = conn.settings_dict.get("CONN_MAX_AGE") or 0
+        if max_age and conn.close_at is not None and time.monotonic() >= conn.close_at:
+            conn.close()
+    if settings.DEBUG:
+        reset_queries()
+
+
+class Consumer:
+    """Claims and runs tasks of ``queues`` until ``stop`` is set (or, in burst, none are due)."""
+
+    def __init__(
+        self,
+        queues: list[str],
+        *,
+        hostname: str,
+        lease_token: str,
+        stop: threading.Event,
+        burst: bool = False,
+    ) -> None:
+        self.queues = queues
+        self.hostname = hostname
+        self.lease_token = lease_token
+        self.stop = stop
+        self.burst = burst
+        self.transport = get_transport()
+        self.lease_seconds = float(tasks_settings.WORKER_LEASE_SECONDS)
+        self.poll_interval = float(tasks_settings.WORKER_POLL_INTERVAL)
+        self.prefetch_max = int(tasks_settings.WORKER_PREFETCH_MAX)
+        self.context = ExecutionContext.build(hostname, lease_token, tasks_settings.ACCEPT_CONTENT)
+        self._seconds_per_task = 1.0
+        self.processed = 0
+
+    def batch_size(self) -> int:
+        return max(1, min(self.prefetch_max, math.ceil(BATCH_WINDOW / self._seconds_per_task)))
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                ran = self.run_batch()
+                refresh_connections()
+                if ran:
+                    continue
+                if self.burst:
+                    return
+                wait = self.transport.seconds_until_due(self.queues, self.poll_interval)
+                self.transport.wait_for_tasks(self.queues, wait)
+        finally:
+            self.transport.close()
+
+    def run_batch(self) -> int:
+        """Claim, run and record one batch; return how many tasks it held."""
+        batch = self.transport.claim(
+            self.queues,
+            self.batch_size(),
+            lease_token=self.lease_token,
+            lease_seconds=self.lease_seconds,
+            worker=self.hostname,
+        )
+        if not batch:
+            return 0
+        batch_started = claimed_at = time.monotonic()
+        outcomes: list[StateChange] = []
+        first_outcome_at = 0.0
+        for index, claimed in enumerate(batch):
+            if self.stop.is_set():
+                self.flush(outcomes)
+                returned = self.transport.release(self.lease_token, [c.pk for c in batch[index:]])
+                logger.info("Gave back %d claimed task(s) that had not started", returned)
+                return len(batch)
+            if outcomes and time.monotonic() - first_outcome_at > FLUSH_AFTER:
+                self.flush(outcomes)
+            if time.monotonic() - claimed_at > REVOKE_RECHECK_AFTER:
+                self._mark_revoked(batch[index:])
+                claimed_at = time.monotonic()
+            if not outcomes:
+                first_outcome_at = time.monotonic()
+            outcomes.append(execute(claimed, self.context))
+        self.flush(outcomes)
+        elapsed = time.monotonic() - batch_started
+        self._seconds_per_task = 0.5 * self._seconds_per_task + 0.5 * (elapsed / len(batch))
+        self.processed += len(batch)
+        return len(batch)
+
+    def flush(self, outcomes: list[StateChange]) -> None:
+        if outcomes:
+            record_states(outcomes, worker=self.hostname, lease_token=self.lease_token)
+            outcomes.clear()
+
+    def _mark_revoked(self, waiting: list[ClaimedTask]) -> None:
+        from ..models import TaskResult
+
+        revoked = set(
+            TaskResult.objects.filter(pk__in=[c.pk for c in waiting], revoked=True).values_list(
+                "pk", flat=True
+            )
+        )
+        for claimed in waiting:
+            if claimed.pk in revoked:
+                claimed.revoked = True

@@ -1,0 +1,272 @@
+"""Execution pools: where a worker's consumer loops run (processes, threads, or inline).
+
+Every pool runs ``concurrency`` :class:`~django_tasks.worker.consumer.Consumer` loops, each
+with its own lease token, and reports the tokens in use so the supervisor can renew them
+and, when a loop dies, recover its tasks at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+
+from django.db import connections
+
+from .consumer import Consumer, new_lease_token
+
+logger = logging.getLogger("django_tasks.worker")
+
+POOLS = ("prefork", "threads", "solo")
+
+
+def process_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class PoolConfig:
+    queues: list[str]
+    concurrency: int
+    burst: bool
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class Pool(abc.ABC):
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start the consumer loops (solo: do nothing; the supervisor calls :meth:`run_inline`)."""
+
+    @abc.abstractmethod
+    def lease_tokens(self) -> list[str]:
+        """Tokens of the loops alive now."""
+
+    @abc.abstractmethod
+    def reap(self) -> list[str]:
+        """Collect loops that ended; return the tokens of those that died abnormally."""
+
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """True while any loop is still running."""
+
+    def request_stop(self) -> None:
+        """Warm shutdown: finish running tasks, give back the rest."""
+        self.config.stop.set()
+
+    @abc.abstractmethod
+    def kill(self) -> list[str]:
+        """Cold shutdown: stop every loop now; return the tokens they held."""
+
+    def respawn(self) -> None:  # noqa: B027 - only prefork replaces lost processes
+        """Replace loops that died, while not stopping."""
+
+    def run_inline(self) -> None:  # noqa: B027 - only solo runs in the caller's thread
+        """Run the loop in the calling thread (solo)."""
+
+
+class ThreadPool(Pool):
+    """Consumer loops in threads of this process; each thread has its own DB connection."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        super().__init__(config)
+        self._threads: dict[str, threading.Thread] = {}
+        self._failed: list[str] = []
+
+    def _target(self, token: str) -> None:
+        try:
+            Consumer(
+                self.config.queues,
+                hostname=process_name(),
+                lease_token=token,
+                stop=self.config.stop,
+                burst=self.config.burst,
+            ).run()
+        except Exception:
+            logger.exception("Consumer thread crashed")
+            self._failed.append(token)
+        finally:
+            connections.close_all()
+
+    def start(self) -> None:
+        for index in range(self.config.concurrency):
+            token = new_lease_token()
+            thread = threading.Thread(
+                target=self._target,
+                args=(token,),
+                daemon=True,
+                name=f"django-tasks-consumer-{index}",
+            )
+            self._threads[token] = thread
+            thread.start()
+
+    def lease_tokens(self) -> list[str]:
+        return [t for t, th in self._threads.items() if th.is_alive()]
+
+    def reap(self) -> list[str]:
+        failed, self._failed = self._failed, []
+        return failed
+
+    def alive(self) -> bool:
+        return any(th.is_alive() for th in self._threads.values())
+
+    def join(self, timeout: float | None = None) -> None:
+        for thread in self._threads.values():
+            thread.join(timeout)
+
+    def kill(self) -> list[str]:
+        self.config.stop.set()
+        return self.lease_tokens()
+
+
+class SoloPool(ThreadPool):
+    """One consumer loop in the main thread; the supervisor runs in a helper thread."""
+
+    def start(self) -> None:
+        self._token = new_lease_token()
+
+    def run_inline(self) -> None:
+        self._running = True
+        try:
+            Consumer(
+                self.config.queues,
+                hostname=process_name(),
+                lease_token=self._token,
+                stop=self.config.stop,
+                burst=self.config.burst,
+            ).run()
+        finally:
+            self._running = False
+
+    def lease_tokens(self) -> list[str]:
+        return [self._token] if getattr(self, "_running", False) else []
+
+    def alive(self) -> bool:
+        return getattr(self, "_running", True)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this child when the parent dies (PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+
+class PreforkPool(Pool):
+    """Consumer loops in forked child processes; a child that dies is replaced."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        super().__init__(config)
+        self._children: dict[int, str] = {}
+
+    def _spawn(self) -> None:
+        token = new_lease_token()
+        connections.close_all()  # never share a connection's socket across fork
+        parent = os.getpid()
+        pid = os.fork()
+        if pid:
+            self._children[pid] = token
+            return
+        code = 0
+        try:
+            _die_with_parent()
+            if os.getppid() != parent:
+                os._exit(1)
+            stop = threading.Event()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            from .. import transports
+
+            transports._local.__dict__.clear()
+            Consumer(
+                self.config.queues,
+                hostname=process_name(),
+                lease_token=token,
+                stop=stop,
+                burst=self.config.burst,
+            ).run()
+        except BaseException:
+            logger.exception("Worker process crashed")
+            code = 1
+        finally:
+            try:
+                connections.close_all()
+            finally:
+                logging.shutdown()
+                os._exit(code)
+
+    def start(self) -> None:
+        for _ in range(self.config.concurrency):
+            self._spawn()
+
+    def lease_tokens(self) -> list[str]:
+        return list(self._children.values())
+
+    def reap(self) -> list[str]:
+        lost = []
+        while self._children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            token = self._children.pop(pid, None)
+            code = os.waitstatus_to_exitcode(status)
+            if token is not None and code != 0:
+                logger.error(
+                    "Worker process %d exited with %s",
+                    pid,
+                    f"signal {-code}" if code < 0 else f"code {code}",
+                )
+                lost.append(token)
+        return lost
+
+    def respawn(self) -> None:
+        if self.config.stop.is_set():
+            return
+        while len(self._children) < self.config.concurrency and not self.config.burst:
+            self._spawn()
+
+    def alive(self) -> bool:
+        return bool(self._children)
+
+    def request_stop(self) -> None:
+        super().request_stop()
+        for pid in self._children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def kill(self) -> list[str]:
+        self.config.stop.set()
+        tokens = list(self._children.values())
+        for pid in list(self._children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self._children.clear()
+        return tokens
+
+
+def make_pool(name: str, config: PoolConfig) -> Pool:
+    if name == "prefork":
+        return PreforkPool(config)
+    if name == "threads":
+        return ThreadPool(config)
+    if name == "solo":
+        return SoloPool(config)
+    raise ValueError(f"unknown pool {name!r}; choose one of {', '.join(POOLS)}")

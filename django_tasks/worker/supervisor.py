@@ -1,0 +1,143 @@
+"""The worker process: banner, signals, lease heartbeat and reaper around a pool."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from django.db import connections
+
+from ..conf import tasks_settings
+from ..registry import tasks_registry
+from ..transports import get_transport
+from .consumer import refresh_connections
+from .pool import PoolConfig, make_pool, process_name
+
+logger = logging.getLogger("django_tasks.worker")
+
+#: How often the supervisor looks at its pool and its signals.
+TICK = 0.1
+
+
+class Worker:
+    """``runworker``: run consumer loops in a pool until stopped (or, with burst, drained)."""
+
+    def __init__(self, *, queues: list[str], concurrency: int, pool: str, burst: bool) -> None:
+        self.queues = queues
+        self.concurrency = concurrency
+        self.pool_name = pool
+        self.burst = burst
+        self.lease_seconds = float(tasks_settings.WORKER_LEASE_SECONDS)
+        self.pool = make_pool(pool, PoolConfig(queues=queues, concurrency=concurrency, burst=burst))
+        self._signals = 0
+        self._woken = threading.Event()
+        self._exit_code: int | None = None
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def banner(self) -> str:
+        transport = get_transport()
+        names = sorted(tasks_registry)
+        lines = [
+            f"django_tasks worker {process_name()}",
+            f"  transport:   {transport.describe()}",
+            f"  queues:      {', '.join(self.queues)}",
+            f"  concurrency: {self.concurrency} ({self.pool_name})"
+            + ("  [burst: exits when no task is due]" if self.burst else ""),
+            f"  tasks ({len(names)}):",
+            *[f"    . {name}" for name in names],
+        ]
+        return "\n".join(lines)
+
+    def _install_signal_handlers(self) -> None:
+        def handle(signum: int, _frame: Any) -> None:
+            self._signals += 1
+            self._woken.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; return the process exit code (0 after a warm shutdown)."""
+        prepare_database()
+        self._install_signal_handlers()
+        transport = get_transport()
+        transport.recover_expired_leases()
+        connections.close_all()
+        self.pool.start()
+        if self.pool_name == "solo":
+            helper = threading.Thread(
+                target=self._supervise, name="django-tasks-supervisor", daemon=True
+            )
+            helper.start()
+            self.pool.run_inline()
+            self._woken.set()
+            helper.join()
+        else:
+            self._supervise()
+        return self._exit_code or 0
+
+    def _supervise(self) -> None:
+        transport = get_transport()
+        renew_every = max(self.lease_seconds / 3, TICK)
+        reap_every = max(self.lease_seconds / 2, TICK)
+        next_renew = time.monotonic() + renew_every
+        next_reap = time.monotonic() + reap_every
+        warm_requested = False
+        try:
+            while True:
+                self._woken.wait(TICK)
+                self._woken.clear()
+                if self._signals >= 2:
+                    self._cold_shutdown(transport)
+                    return
+                if self._signals == 1 and not warm_requested:
+                    warm_requested = True
+                    logger.warning(
+                        "Warm shutdown: finishing running tasks (signal again to stop at once)"
+                    )
+                    self.pool.request_stop()
+                lost = self.pool.reap()
+                if lost:
+                    transport.recover_expired_leases(lease_tokens=lost)
+                    self.pool.respawn()
+                if not self.pool.alive():
+                    return
+                now = time.monotonic()
+                if now >= next_renew:
+                    transport.renew(self.pool.lease_tokens(), self.lease_seconds)
+                    next_renew = now + renew_every
+                if now >= next_reap:
+                    transport.recover_expired_leases()
+                    next_reap = now + reap_every
+                refresh_connections()
+        except Exception:
+            logger.exception("Worker supervisor failed; stopping")
+            self._exit_code = 1
+            self.pool.request_stop()
+        finally:
+            connections.close_all()
+
+    def _cold_shutdown(self, transport: Any) -> None:
+        logger.warning("Cold shutdown: stopping now")
+        tokens = self.pool.kill()
+        try:
+            transport.recover_expired_leases(lease_tokens=tokens)
+        finally:
+            logging.shutdown()
+            os._exit(1)
+
+
+def prepare_database() -> None:
+    """Per-database set-up a worker needs: WAL mode on SQLite, for concurrent readers."""
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode=WAL")
