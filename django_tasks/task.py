@@ -328,7 +328,8 @@ class Task(Generic[P, R]):
             )
         else:
             transport.send(outgoing, retry=retry, retry_policy=policy)
-        return AsyncResult(outgoing.task_id, task_name=self.name)
+        ignore_result = bool(outgoing.options and outgoing.options.get("ignore_result"))
+        return AsyncResult(outgoing.task_id, task_name=self.name, ignore_result=ignore_result)
 
     def _build_outgoing(
         self, where: str, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any]

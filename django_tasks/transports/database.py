@@ -114,7 +114,7 @@ class DatabaseTransport(Transport):
                 row.save(force_insert=True)
                 return
             except IntegrityError as exc:
-                if TaskResult.objects.filter(task_id=outgoing.task_id).exists():
+                if "task_id" in str(exc):  # the unique constraint, named on every backend
                     raise ValueError(
                         f"task_id {outgoing.task_id!r} is already used by another task"
                     ) from exc

@@ -1,0 +1,157 @@
+"""Shared fixtures: service gating (skip locally, fail under CI=true), worker subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _postgres_problem() -> str | None:
+    """Why the configured PostgreSQL cannot be used, or None if it can."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        return None
+    try:
+        import psycopg
+
+        psycopg.connect(
+            host=db.get("HOST") or None,
+            port=db.get("PORT") or None,
+            user=db.get("USER") or None,
+            password=db.get("PASSWORD") or None,
+            dbname="postgres",
+            connect_timeout=3,
+        ).close()
+    except Exception as exc:
+        return f"PostgreSQL at {db.get('HOST')}:{db.get('PORT')} is unreachable: {exc}"
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    db = settings.DATABASES["default"]
+    return f"django_tasks: database {db['ENGINE'].rsplit('.', 1)[-1]} ({db.get('NAME')})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    problem = _postgres_problem()
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.exit(f"{problem} (CI=true: a missing service is a failure)", returncode=1)
+    skip = pytest.mark.skip(reason=f"{problem}; set DATABASE_URL or start PostgreSQL")
+    for item in items:
+        item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _close_result_waiters() -> Iterator[None]:
+    """Result waiters hold a LISTEN connection on PostgreSQL; don't keep the test DB busy."""
+    yield
+    from django_tasks import result
+
+    waiter = getattr(result._local, "waiter", None)
+    if waiter is not None and hasattr(waiter, "_conn"):
+        waiter._conn.close()
+    result._local.waiter = None
+
+
+def database_url() -> str:
+    """A URL for the database the tests use now (the test database), for subprocesses."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    if connection.vendor == "postgresql":
+        auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+        return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    raise RuntimeError(f"no URL for {connection.vendor}")
+
+
+class WorkerProcess:
+    """A real ``manage.py runworker`` subprocess in its own process group."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "runworker", *args],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_group()
+            raise AssertionError(f"worker did not exit within {timeout}s:\n{self.output()}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill_group()
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(transactional_db: Any, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real workers against the test database; all are killed at the end of the test."""
+    workers: list[WorkerProcess] = []
+
+    def start(*args: str, lease_seconds: float = 30.0) -> WorkerProcess:
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DJANGO_TASKS_WORKER_LEASE_SECONDS": str(lease_seconds),
+        }
+        worker = WorkerProcess(list(args), env, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")

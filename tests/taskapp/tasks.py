@@ -1,0 +1,105 @@
+"""Tasks the tests send to real workers."""
+
+import os
+import time
+
+from django_tasks import task
+from tests.taskapp.models import Run
+
+
+class CustomError(Exception):
+    """An exception type the worker's caller can import and rebuild."""
+
+
+@task
+def add(x, y):
+    return x + y
+
+
+@task
+def fail(message="boom"):
+    raise CustomError(message)
+
+
+@task(bind=True)
+def record(self, label=""):
+    """Store one Run row per execution."""
+    Run.objects.create(task_id=self.request.id, label=label, pid=os.getpid())
+    return label
+
+
+@task(bind=True)
+def sleep_then_record(self, seconds, label=""):
+    Run.objects.create(task_id=self.request.id, label=f"start:{label}", pid=os.getpid())
+    time.sleep(seconds)
+    Run.objects.create(task_id=self.request.id, label=f"end:{label}", pid=os.getpid())
+    return label
+
+
+@task(bind=True, acks_late=True)
+def sleep_acks_late(self, seconds, label=""):
+    Run.objects.create(task_id=self.request.id, label=f"start:{label}", pid=os.getpid())
+    time.sleep(seconds)
+    return label
+
+
+@task(bind=True, track_started=True)
+def progress(self, steps):
+    for step in range(1, steps + 1):
+        self.update_state(state="PROGRESS", meta={"current": step, "total": steps})
+    return steps
+
+
+@task(bind=True, max_retries=2, default_retry_delay=0)
+def always_retry(self):
+    raise self.retry(exc=ConnectionError(f"attempt {self.request.retries + 1}"))
+
+
+@task(bind=True, max_retries=3)
+def retry_until(self, succeed_on):
+    if self.request.retries + 1 < succeed_on:
+        raise self.retry(countdown=0, exc=ValueError("not yet"))
+    return self.request.retries
+
+
+@task(typing=False)
+def untyped(x):
+    return x
+
+
+@task(ignore_result=True)
+def ignored():
+    return "dropped"
+
+
+@task
+def unstorable():
+    return object()
+
+
+@task(bind=True)
+def waits_on_other(self):
+    return add.delay(1, 1).get(timeout=1)
+
+
+@task(bind=True)
+def request_info(self):
+    r = self.request
+    return {
+        "id": r.id,
+        "retries": r.retries,
+        "queue": r.delivery_info.get("queue"),
+        "is_eager": r.is_eager,
+        "args": r.args,
+        "kwargs": r.kwargs,
+    }
+
+
+@task
+def raise_non_importable():
+    raise type("LocalOnlyError", (Exception,), {"__module__": "nowhere.at.all"})("gone")
+
+
+@task(bind=True)
+def retry_later(self):
+    raise self.retry(countdown=60, exc=ValueError("later"))
