@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -106,10 +107,8 @@ class WorkerProcess:
         self.proc.send_signal(signum)
 
     def kill_group(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(10)
 
     def wait(self, timeout: float) -> int:
@@ -117,7 +116,9 @@ class WorkerProcess:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill_group()
-            raise AssertionError(f"worker did not exit within {timeout}s:\n{self.output()}")
+            raise AssertionError(
+                f"worker did not exit within {timeout}s:\n{self.output()}"
+            ) from None
 
     def close(self) -> None:
         if self.proc.poll() is None:
