@@ -299,34 +299,38 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-def postgres_scratch(url: str) -> tuple[str, str] | str:
-    """Drop and create the scratch database: (its URL, server version), or why it failed."""
+class Unreachable(Exception):
+    """PostgreSQL cannot be used: no psycopg, or no server at the URL."""
+
+
+def maintenance_connection(url: str) -> Any:
+    """An autocommit psycopg connection to the server's ``postgres`` database."""
     try:
         import psycopg
-        from psycopg import sql
     except ImportError as exc:
-        return f"psycopg is not installed ({exc})"
+        raise Unreachable(f"psycopg is not installed ({exc})") from exc
     try:
-        with psycopg.connect(
-            with_database(url, "postgres"), autocommit=True, connect_timeout=5
-        ) as conn:
-            name = sql.Identifier(SCRATCH_DB)
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
-            version = conn.execute("SHOW server_version").fetchone()
+        return psycopg.connect(with_database(url, "postgres"), autocommit=True, connect_timeout=5)
     except psycopg.Error as exc:
-        return f"{type(exc).__name__}: {str(exc).strip()}"
-    return with_database(url, SCRATCH_DB), version[0] if version else "?"
+        raise Unreachable(f"{type(exc).__name__}: {str(exc).strip()}") from exc
 
 
-def drop_postgres_scratch(url: str) -> None:
-    import psycopg
+def drop_scratch(conn: Any) -> None:
     from psycopg import sql
 
-    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(SCRATCH_DB))
-        )
+    name = sql.Identifier(SCRATCH_DB)
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+
+
+def postgres_scratch(url: str) -> tuple[str, str]:
+    """Drop and create the scratch database; return its URL and the server version."""
+    from psycopg import sql
+
+    with maintenance_connection(url) as conn:
+        drop_scratch(conn)
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SCRATCH_DB)))
+        version = conn.execute("SHOW server_version").fetchone()[0]
+    return with_database(url, SCRATCH_DB), version
 
 
 def run_database(label: str, url: str, args: argparse.Namespace) -> Results | None:
@@ -390,16 +394,17 @@ def main() -> int:
     columns: dict[str, Results | None] = {}
     with tempfile.TemporaryDirectory(prefix="django-tasks-bench-") as tmp:
         columns["SQLite"] = run_database("SQLite", f"sqlite:///{tmp}/bench.sqlite3", args)
-    scratch = postgres_scratch(args.postgres_url)
     postgres_version = None
-    if isinstance(scratch, str):
-        print(f"\nPostgreSQL is unreachable at {args.postgres_url}: {scratch}; SQLite only.")
+    try:
+        url, postgres_version = postgres_scratch(args.postgres_url)
+    except Unreachable as exc:
+        print(f"\nPostgreSQL is unreachable at {args.postgres_url}: {exc}; SQLite only.")
     else:
-        url, postgres_version = scratch
         try:
             columns["PostgreSQL"] = run_database("PostgreSQL", url, args)
         finally:
-            drop_postgres_scratch(args.postgres_url)
+            with maintenance_connection(args.postgres_url) as conn:
+                drop_scratch(conn)
 
     print(f"\n## Summary\n\n{machine(postgres_version)}\n")
     rows = [

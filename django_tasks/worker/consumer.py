@@ -77,7 +77,7 @@ class Consumer:
         self.poll_interval = float(tasks_settings.WORKER_POLL_INTERVAL)
         self.prefetch_max = int(tasks_settings.WORKER_PREFETCH_MAX)
         self.context = ExecutionContext.build(hostname, lease_token, tasks_settings.ACCEPT_CONTENT)
-        self._seconds_per_task = 1.0
+        self._seconds_per_task = BATCH_WINDOW / 4  # first claims take 4 tasks
         self.processed = 0
 
     def batch_size(self) -> int:

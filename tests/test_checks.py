@@ -1,0 +1,87 @@
+"""System checks on DJANGO_TASKS: each problem is reported at start-up, naming the key."""
+
+import pytest
+from django.core import checks
+
+from django_tasks.checks import check_settings
+
+
+def ids(settings_dict, settings):
+    settings.DJANGO_TASKS = settings_dict
+    return {m.id: m.msg for m in check_settings()}
+
+
+def test_the_defaults_pass(settings):
+    assert ids({}, settings) == {}
+
+
+def test_the_check_is_registered_with_django():
+    assert check_settings in checks.registry.registry.registered_checks
+
+
+def test_unknown_key_is_named_with_a_suggestion(settings):
+    settings.DJANGO_TASKS = {"BROKER_UR": "django://", "TASK_ACKSLATE": True}
+    messages = {m.msg: m.hint for m in check_settings()}
+    assert any("'BROKER_UR'" in msg for msg in messages)
+    assert any(
+        "'TASK_ACKSLATE'" in msg and "TASK_ACKS_LATE" in hint for msg, hint in messages.items()
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("nope://x", "unknown"),
+        ("redis://127.0.0.1:6379/0", "kombu"),
+        ("django", "not a URL"),
+        ("django://other", "takes no host"),
+    ],
+)
+def test_bad_broker_url(value, expected, settings):
+    found = ids({"BROKER_URL": value}, settings)
+    assert "django_tasks.E002" in found
+    assert "BROKER_URL" in found["django_tasks.E002"]
+    assert expected in found["django_tasks.E002"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "check_id"),
+    [
+        ("TASK_DEFAULT_QUEUE", "", "django_tasks.E003"),
+        ("TASK_SERIALIZER", "yaml-ish", "django_tasks.E004"),
+        ("ACCEPT_CONTENT", "json", "django_tasks.E005"),
+        ("ACCEPT_CONTENT", ["json", "bogus"], "django_tasks.E005"),
+        ("TASK_COMPRESSION", "rar", "django_tasks.E007"),
+        ("TASK_ACKS_LATE", "yes", "django_tasks.E008"),
+        ("TASK_PUBLISH_RETRY_POLICY", {"max_retries": 1, "interval": 1}, "django_tasks.E009"),
+        ("TASK_ROUTES", {"a.b": "lopri"}, "django_tasks.E010"),
+        ("RESULT_EXPIRES", -1, "django_tasks.E011"),
+        ("WORKER_LEASE_SECONDS", 0, "django_tasks.E012"),
+        ("WORKER_PREFETCH_MAX", 0, "django_tasks.E013"),
+    ],
+)
+def test_bad_values_are_errors_naming_the_key(key, value, check_id, settings):
+    found = ids({key: value}, settings)
+    assert check_id in found, found
+    assert key in found[check_id]
+
+
+def test_pickle_in_accept_content_is_a_warning(settings):
+    found = ids({"ACCEPT_CONTENT": ["json", "pickle"]}, settings)
+    assert list(found) == ["django_tasks.W001"]
+
+
+def test_a_serializer_workers_would_reject_is_an_error(settings):
+    found = ids({"TASK_SERIALIZER": "msgpack"}, settings)
+    assert "django_tasks.E006" in found
+
+
+def test_settings_object_reloads_and_rejects_unknown_names(settings):
+    from django_tasks.conf import tasks_settings
+
+    settings.DJANGO_TASKS = {"TASK_DEFAULT_QUEUE": "q1"}
+    assert tasks_settings.TASK_DEFAULT_QUEUE == "q1"
+    settings.DJANGO_TASKS = {"TASK_DEFAULT_QUEUE": "q2"}
+    assert tasks_settings.TASK_DEFAULT_QUEUE == "q2"
+    with pytest.raises(AttributeError, match="NOT_A_SETTING"):
+        tasks_settings.NOT_A_SETTING  # noqa: B018
