@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/django_tasks
+MYSQL_URL ?= mysql://root@127.0.0.1:3306/django_tasks
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test test-sqlite test-postgres lint format bench clean
+.PHONY: demo test test-sqlite test-postgres test-mysql lint format bench clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,11 @@ test-sqlite: $(INSTALLED)
 
 test-postgres: $(INSTALLED)
 	DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-mysql: the suite on MySQL/MariaDB (needs the client headers: libmariadb-dev)
+test-mysql: $(INSTALLED)
+	$(BIN)/python -m pip install --quiet -e '.[mysql]'
+	DATABASE_URL=$(MYSQL_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -72,7 +72,8 @@ class AsyncResult:
             return self._row
         from .models import TaskResult
 
-        self._row = TaskResult.objects.filter(task_id=self.id).values(*ROW_FIELDS).first()
+        rows = TaskResult.objects.filter(task_id=self.id).order_by().values(*ROW_FIELDS)[:1]
+        self._row = rows[0] if rows else None
         return self._row
 
     def _field(self, name: str) -> Any:

@@ -83,32 +83,84 @@ def _record(
     batched: bool,
 ) -> int:
     now = timezone.now()
-    applied: list[StateChange] = []
     deletes = [c.pk for c in changes if c.delete]
+    groups: dict[tuple[Any, ...], list[StateChange]] = {}
+    for change in changes:
+        if not change.delete:
+            groups.setdefault((tuple(sorted(change.fields)), change.keep_lease), []).append(change)
+    one_statement = batched and connection.vendor == "postgresql"
+    if one_statement and len(groups) == 1 and not deletes:
+        # The common case (a batch of alike outcomes) is a single autocommit statement.
+        (((names, keep_lease), group),) = groups.items()
+        return _update_and_log(group, names, keep_lease, lease_token, worker, now)
+    applied: list[StateChange] = []
+    recorded = 0
     with transaction.atomic():
-        groups: dict[tuple[Any, ...], list[StateChange]] = {}
-        for change in changes:
-            if not change.delete:
-                key = (tuple(sorted(change.fields)), change.keep_lease)
-                groups.setdefault(key, []).append(change)
         for (names, keep_lease), group in groups.items():
-            if batched:
+            if one_statement:
+                recorded += _update_and_log(group, names, keep_lease, lease_token, worker, now)
+            elif batched:
                 _update_batch(group, names, keep_lease, lease_token)
                 applied.extend(group)
             else:
                 applied.extend(_update_each(group, keep_lease, lease_token, guard))
-        deleted = 0
         if deletes:
             doomed = TaskResult.objects.filter(pk__in=deletes)
             if lease_token is not None:
                 doomed = doomed.filter(lease_token=lease_token)
-            deleted = doomed.delete()[1].get(TaskResult._meta.label, 0)
+            recorded += doomed.delete()[1].get(TaskResult._meta.label, 0)
         if applied:
             TaskStateChange.objects.bulk_create(
                 TaskStateChange(task_id=c.pk, state=c.state, at=now, worker=worker, detail=c.detail)
                 for c in applied
             )
-    return len(applied) + deleted
+    return recorded + len(applied)
+
+
+def _update_and_log(
+    group: list[StateChange],
+    names: tuple[str, ...],
+    keep_lease: bool,
+    lease_token: str | None,
+    worker: str,
+    now: Any,
+) -> int:
+    """PostgreSQL: update the rows and insert their history rows in one statement.
+
+    ``UPDATE … RETURNING`` feeds the history ``INSERT``, so only rows still leased under
+    ``lease_token`` get history, and the count says exactly how many changed.
+    """
+    fields = [TaskResult._meta.get_field(name) for name in ("state", *names)]
+    qn = connection.ops.quote_name
+    columns = [qn(f.column) for f in fields]
+    row = ", ".join(["%s::bigint", *(f"%s::{f.db_type(connection)}" for f in fields), "%s::text"])
+    assignments = [f"{c} = v.{c}" for c in columns]
+    if not keep_lease:
+        assignments.append("lease_token = NULL, lease_expires = NULL")
+    history = TaskStateChange._meta.db_table
+    sql = (
+        f"WITH v (id, {', '.join(columns)}, detail) AS (VALUES "
+        f"{', '.join([f'({row})'] * len(group))}), "
+        f"u AS (UPDATE {qn(TaskResult._meta.db_table)} AS t SET {', '.join(assignments)} "
+        f"FROM v WHERE t.id = v.id{' AND t.lease_token = %s' if lease_token else ''} "
+        f"RETURNING t.id) "
+        f"INSERT INTO {qn(history)} (task_id, state, at, worker, detail) "
+        f"SELECT u.id, v.state, %s, %s, v.detail FROM u JOIN v ON v.id = u.id"
+    )
+    params: list[Any] = []
+    for change in group:
+        values = (change.state, *(change.fields[name] for name in names))
+        params.append(change.pk)
+        params.extend(
+            f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)
+        )
+        params.append(change.detail)
+    if lease_token:
+        params.append(lease_token)
+    params.extend([now, worker])
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 def _update_batch(

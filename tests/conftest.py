@@ -19,24 +19,22 @@ REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def _postgres_problem() -> str | None:
-    """Why the configured PostgreSQL cannot be used, or None if it can."""
-    db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.postgresql":
-        return None
-    try:
-        import psycopg
+def _database_problem(config: pytest.Config) -> str | None:
+    """Why the configured database server cannot be used, or None if it can."""
+    from django.db import connection
+    from pytest_django.plugin import blocking_manager_key
 
-        psycopg.connect(
-            host=db.get("HOST") or None,
-            port=db.get("PORT") or None,
-            user=db.get("USER") or None,
-            password=db.get("PASSWORD") or None,
-            dbname="postgres",
-            connect_timeout=3,
-        ).close()
+    if connection.vendor == "sqlite":
+        return None
+    db = settings.DATABASES["default"]
+    try:
+        # Django's own way to reach the server without the (test) database.
+        with config.stash[blocking_manager_key].unblock(), connection._nodb_cursor() as cursor:
+            cursor.execute("SELECT 1")
     except Exception as exc:
-        return f"PostgreSQL at {db.get('HOST')}:{db.get('PORT')} is unreachable: {exc}"
+        return (
+            f"{connection.display_name} at {db.get('HOST')}:{db.get('PORT')} is unreachable: {exc}"
+        )
     return None
 
 
@@ -46,12 +44,12 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    problem = _postgres_problem()
+    problem = _database_problem(config)
     if problem is None:
         return
     if IN_CI:
         pytest.exit(f"{problem} (CI=true: a missing service is a failure)", returncode=1)
-    skip = pytest.mark.skip(reason=f"{problem}; set DATABASE_URL or start PostgreSQL")
+    skip = pytest.mark.skip(reason=f"{problem}; start it or point DATABASE_URL elsewhere")
     for item in items:
         item.add_marker(skip)
 
@@ -75,10 +73,9 @@ def database_url() -> str:
     db = connection.settings_dict
     if connection.vendor == "sqlite":
         return f"sqlite:///{db['NAME']}"
-    if connection.vendor == "postgresql":
-        auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-        return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    raise RuntimeError(f"no URL for {connection.vendor}")
+    scheme, port = {"postgresql": ("postgres", 5432), "mysql": ("mysql", 3306)}[connection.vendor]
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"{scheme}://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or port}/{db['NAME']}"
 
 
 class WorkerProcess:
