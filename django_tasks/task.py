@@ -10,6 +10,7 @@ import numbers
 import sys
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from django.db import transaction
@@ -442,6 +443,9 @@ class Task(Generic[P, R]):
         # The JSON round trip a worker's arguments go through.
         args, kwargs = json_round_trip([args, kwargs])
         retries = 0
+        from .worker.execution import apply_errback, apply_link, run_followups
+
+        extra = outgoing.options or {}
         while True:
             request = Request(
                 id=outgoing.task_id,
@@ -454,7 +458,7 @@ class Task(Generic[P, R]):
                 is_eager=True,
                 called_directly=False,
                 delivery_info={"queue": outgoing.queue, "priority": outgoing.priority},
-                options=dict(outgoing.options or {}),
+                options=dict(extra),
             )
             try:
                 value = self._run_with_request(request, args, kwargs)
@@ -466,17 +470,24 @@ class Task(Generic[P, R]):
                 kwargs = getattr(retry, "kwargs_override", None) or kwargs
                 continue
             except Exception as exc:
+                traceback = format_traceback(exc)
+                run_followups(
+                    [
+                        partial(apply_errback, sig, request, exc, traceback)
+                        for sig in extra.get("link_error", ())
+                    ]
+                )
                 return EagerResult(
                     outgoing.task_id,
                     states.FAILURE,
                     exc,
-                    traceback=format_traceback(exc),
+                    traceback=traceback,
                     task_name=self.name,
                     exc_dict=exception_to_dict(exc),
                 )
-            return EagerResult(
-                outgoing.task_id, states.SUCCESS, json_round_trip(value), task_name=self.name
-            )
+            value = json_round_trip(value)
+            run_followups([partial(apply_link, sig, value) for sig in extra.get("link", ())])
+            return EagerResult(outgoing.task_id, states.SUCCESS, value, task_name=self.name)
 
     # -- inside a running task ----------------------------------------------------------------
 

@@ -16,9 +16,9 @@ from django.conf import settings
 from django.db import connections, reset_queries
 
 from ..conf import tasks_settings
-from ..results import StateChange, record_states
+from ..results import record_states
 from ..transports import ClaimedTask, get_transport
-from .execution import ExecutionContext, execute
+from .execution import ExecutionContext, Outcome, execute, run_followups
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -109,7 +109,7 @@ class Consumer:
         if not batch:
             return 0
         batch_started = claimed_at = time.monotonic()
-        outcomes: list[StateChange] = []
+        outcomes: list[Outcome] = []
         first_outcome_at = 0.0
         for index, claimed in enumerate(batch):
             if self.stop.is_set():
@@ -131,10 +131,15 @@ class Consumer:
         self.processed += len(batch)
         return len(batch)
 
-    def flush(self, outcomes: list[StateChange]) -> None:
+    def flush(self, outcomes: list[Outcome]) -> None:
+        """Record the outcomes in one batch, then apply their links."""
         if outcomes:
-            record_states(outcomes, worker=self.hostname, lease_token=self.lease_token)
+            record_states(
+                [o.change for o in outcomes], worker=self.hostname, lease_token=self.lease_token
+            )
+            followups = [f for o in outcomes for f in o.followups]
             outcomes.clear()
+            run_followups(followups)
 
     def _mark_revoked(self, waiting: list[ClaimedTask]) -> None:
         from ..models import TaskResult

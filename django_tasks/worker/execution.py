@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 
 from django.utils import timezone
 from kombu.exceptions import DecodeError, EncodeError
@@ -21,6 +24,7 @@ from ..messages import (
 )
 from ..registry import tasks_registry
 from ..results import StateChange, record_states, revoked_change
+from ..signature import Signature
 from ..transports import ClaimedTask
 
 logger = logging.getLogger("django_tasks.worker")
@@ -39,6 +43,14 @@ class ExecutionContext:
         return cls(hostname, lease_token, accepted_content_types(accept))
 
 
+@dataclass(slots=True)
+class Outcome:
+    """A task's state change, and the links to apply once it is recorded."""
+
+    change: StateChange
+    followups: list[Callable[[], None]] = field(default_factory=list)
+
+
 def failure_change(
     claimed: ClaimedTask, exc: BaseException, *, detail: str = "", traceback: str | None = None
 ) -> StateChange:
@@ -54,10 +66,13 @@ def failure_change(
     )
 
 
-def execute(claimed: ClaimedTask, ctx: ExecutionContext) -> StateChange:
+def execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
     """Run ``claimed`` (unless it is unknown, malformed, revoked or expired) -> its outcome."""
     started = time.monotonic()
-    change = _execute(claimed, ctx)
+    outcome = _execute(claimed, ctx)
+    if not isinstance(outcome, Outcome):
+        outcome = Outcome(outcome)
+    change = outcome.change
     runtime = time.monotonic() - started
     logger.info(
         "Task %s[%s] %s in %.4fs%s",
@@ -67,10 +82,10 @@ def execute(claimed: ClaimedTask, ctx: ExecutionContext) -> StateChange:
         runtime,
         f": {change.detail}" if change.state != states.SUCCESS and change.detail else "",
     )
-    return change
+    return outcome
 
 
-def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> StateChange:
+def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> StateChange | Outcome:
     now = timezone.now()
     if claimed.revoked:
         return revoked_change(claimed.pk, "revoked", now)
@@ -122,22 +137,67 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> StateChange:
     except Retry as retry:
         return _retry_change(claimed, retry, args, kwargs)
     except Exception as exc:
-        return failure_change(claimed, exc, traceback=format_traceback(exc))
+        return _failed(claimed, request, exc)
     if request.ignore_result:
-        return StateChange(claimed.pk, states.SUCCESS, delete=True)
-    try:
-        value = encode_result(value)
-    except EncodeError as exc:
-        return failure_change(claimed, exc, traceback=format_traceback(exc))
-    return StateChange(
-        claimed.pk,
-        states.SUCCESS,
-        {
-            "result": value,
-            "traceback": None,
-            "date_done": timezone.now(),
-        },
+        change = StateChange(claimed.pk, states.SUCCESS, delete=True)
+    else:
+        try:
+            value = encode_result(value)
+        except EncodeError as exc:
+            return _failed(claimed, request, exc)
+        change = StateChange(
+            claimed.pk,
+            states.SUCCESS,
+            {"result": value, "traceback": None, "date_done": timezone.now()},
+        )
+    callbacks = claimed.options.get("link") or []
+    return Outcome(change, [partial(apply_link, sig, value) for sig in callbacks])
+
+
+def _failed(claimed: ClaimedTask, request: Request, exc: Exception) -> Outcome:
+    traceback = format_traceback(exc)
+    errbacks = claimed.options.get("link_error") or []
+    return Outcome(
+        failure_change(claimed, exc, traceback=traceback),
+        [partial(apply_errback, sig, request, exc, traceback) for sig in errbacks],
     )
+
+
+def apply_link(sig: dict, value: object) -> None:
+    """Send a success callback with the result prepended (unless it is immutable)."""
+    Signature.from_dict(sig).apply_async((value,))
+
+
+def apply_errback(sig: dict, request: Request, exc: Exception, traceback: str) -> None:
+    """Call ``errback(request, exc, traceback)`` here, or send it with the failed task's id."""
+    errback = Signature.from_dict(sig)
+    if _unbound_parameters(errback) == 3:
+        errback(request, exc, traceback)
+    else:
+        errback.apply_async((request.id,))
+
+
+def _unbound_parameters(sig: Signature) -> int | None:
+    task = tasks_registry.get(sig.task)
+    if task is None:
+        return None
+    params = [
+        p
+        for p in inspect.signature(task.run).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if task.bind:
+        params = params[1:]
+    return len([p for p in params[len(sig.args) :] if p.name not in sig.kwargs])
+
+
+def run_followups(followups: list[Callable[[], None]]) -> None:
+    """Apply links after their parent's outcome is stored; a failing link changes nothing."""
+    for followup in followups:
+        try:
+            followup()
+        except Exception:
+            logger.exception("A link of a finished task failed; the task's result stands")
 
 
 def _retry_change(claimed: ClaimedTask, retry: Retry, args: list, kwargs: dict) -> StateChange:

@@ -103,3 +103,22 @@ def raise_non_importable():
 @task(bind=True)
 def retry_later(self):
     raise self.retry(countdown=60, exc=ValueError("later"))
+
+
+@task
+def on_error(request, exc, traceback):
+    """An errback called in the worker: (request, exc, traceback)."""
+    Run.objects.create(
+        task_id=request.id, label=f"errback:{type(exc).__name__}:{'Traceback' in traceback}"
+    )
+
+
+@task
+def record_failed_id(task_id):
+    """An errback sent as a task: it gets the failed task's id."""
+    Run.objects.create(task_id=task_id, label="errback-task")
+
+
+@task
+def broken_errback(request, exc, traceback):
+    raise RuntimeError("the errback itself fails")
