@@ -50,7 +50,9 @@ MEASURES: tuple[tuple[str, str, str], ...] = (
     ("ratio_e2e", "ratio: end-to-end c=1 / floor claim+complete", "{:.2f}"),
 )
 
-Results = dict[str, float]
+Results = dict[str, float | None]
+#: What went wrong in this process, repeated under the summary.
+PROBLEMS: list[str] = []
 
 
 # -- shared helpers ------------------------------------------------------------------------------
@@ -81,6 +83,7 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def loud(message: str) -> None:
+    PROBLEMS.append(message)
     print(f"\n{'!' * 78}\n!!! {message}\n{'!' * 78}\n", file=sys.stderr, flush=True)
 
 
@@ -146,10 +149,14 @@ def measure_enqueue(n: int) -> float:
     return result
 
 
-def measure_end_to_end(n: int, concurrency: int) -> tuple[float, float]:
-    """(tasks/s from the stored timestamps, worker wall time) for ``n`` queued no-ops."""
+def measure_end_to_end(n: int, concurrency: int) -> tuple[float | None, float]:
+    """(tasks/s from the stored timestamps, worker wall time) for ``n`` queued no-ops.
+
+    The rate is None, and the run is reported, unless this worker ran all ``n`` to success.
+    """
     from django.db import transaction
     from django.db.models import Count, Max, Min
+    from django.utils import timezone
 
     from django_tasks import states
     from django_tasks.models import TaskResult
@@ -159,17 +166,20 @@ def measure_end_to_end(n: int, concurrency: int) -> tuple[float, float]:
     with transaction.atomic():
         for _ in range(n):
             noop.delay()
-    started = time.perf_counter()
+    launched, started = timezone.now(), time.perf_counter()
     with worker(concurrency, burst=True) as proc:
         proc.wait(timeout=WORKER_TIMEOUT)
     wall = time.perf_counter() - started
     by_state = dict(TaskResult.objects.values_list("state").annotate(Count("id")))
+    span = TaskResult.objects.aggregate(start=Min("date_started"), end=Max("date_done"))
+    clear_tasks()
     if by_state.get(states.SUCCESS) != n:
         loud(f"end-to-end c={concurrency}: expected {n} SUCCESS, found {by_state}")
-    span = TaskResult.objects.aggregate(start=Min("date_started"), end=Max("date_done"))
-    seconds = (span["end"] - span["start"]).total_seconds()
-    clear_tasks()
-    return n / seconds, wall
+    elif span["start"] < launched:
+        loud(f"end-to-end c={concurrency}: a task started before the worker was launched")
+    else:
+        return n / (span["end"] - span["start"]).total_seconds(), wall
+    return None, wall
 
 
 def measure_latency(samples: int, budget: float) -> list[float]:
@@ -286,9 +296,13 @@ def measure(n: int, samples: int, latency_budget: float) -> Results:
         results["latency_p50"], results["latency_p95"] = cuts[49] * 1000, cuts[94] * 1000
     results["latency_samples"] = len(timings)
     results["floor_insert"], results["floor_claim"] = measure_floor(n)
-    results["ratio_enqueue"] = results["enqueue"] / results["floor_insert"]
-    results["ratio_e2e"] = results["e2e_c1"] / results["floor_claim"]
+    results["ratio_enqueue"] = ratio(results["enqueue"], results["floor_insert"])
+    results["ratio_e2e"] = ratio(results["e2e_c1"], results["floor_claim"])
     return results
+
+
+def ratio(ours: float | None, floor: float | None) -> float | None:
+    return ours / floor if ours and floor else None
 
 
 # -- the parent: scratch databases, child runs, report --------------------------------------------
@@ -347,7 +361,9 @@ def run_database(label: str, url: str, args: argparse.Namespace) -> Results | No
         if code != 0:
             loud(f"{label}: the benchmark process exited with {code}")
             return None
-        results: Results = json.loads(Path(out.name).read_text())
+        report = json.loads(Path(out.name).read_text())
+    results: Results = report["results"]
+    PROBLEMS.extend(f"{label}: {problem}" for problem in report["problems"])
     print(f"measured in {time.perf_counter() - started:.0f}s\n")
     rows = [[lbl, fmt(key, results.get(key))] for key, lbl, _ in MEASURES]
     print(markdown_table(["measure", label], rows), flush=True)
@@ -387,7 +403,7 @@ def main() -> int:
     args = parse_args()
     if args.child_output:
         results = measure(args.n, args.latency_samples, args.latency_budget)
-        Path(args.child_output).write_text(json.dumps(results))
+        Path(args.child_output).write_text(json.dumps({"results": results, "problems": PROBLEMS}))
         return 0
 
     print(f"# django_tasks benchmark: n={args.n}, latency samples={args.latency_samples}")
@@ -416,7 +432,9 @@ def main() -> int:
         "\nratios: ours / raw-SQL floor on the same database (1.00 = as fast as the floor);"
         " enqueue vs floor inserts, end-to-end c=1 vs floor claim+complete."
     )
-    return 0 if all(columns.values()) else 1
+    for problem in PROBLEMS:
+        print(f"\n!!! PROBLEM: {problem}")
+    return 1 if PROBLEMS else 0
 
 
 if __name__ == "__main__":
