@@ -141,6 +141,8 @@ def _check_values() -> list[CheckMessage]:
         )
     for key in ("WORKER_LEASE_SECONDS", "WORKER_POLL_INTERVAL"):
         value = getattr(s, key)
+        if value is None and key == "WORKER_POLL_INTERVAL":
+            continue
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             errors.append(
                 _error(key, f"must be a positive number of seconds, not {value!r}", "", 12)

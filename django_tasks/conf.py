@@ -35,7 +35,8 @@ DEFAULTS: dict[str, Any] = {
     "RESULT_EXPIRES": 86400,
     # Worker tuning, beyond Celery's names.
     "WORKER_LEASE_SECONDS": 30.0,
-    "WORKER_POLL_INTERVAL": 1.0,
+    # None: 1 s where LISTEN/NOTIFY wakes workers (PostgreSQL), 0.1 s elsewhere.
+    "WORKER_POLL_INTERVAL": None,
     "WORKER_PREFETCH_MAX": 64,
 }
 

@@ -57,6 +57,7 @@ def test_bad_broker_url(value, expected, settings):
         ("TASK_ROUTES", {"a.b": "lopri"}, "django_tasks.E010"),
         ("RESULT_EXPIRES", -1, "django_tasks.E011"),
         ("WORKER_LEASE_SECONDS", 0, "django_tasks.E012"),
+        ("WORKER_POLL_INTERVAL", -1, "django_tasks.E012"),
         ("WORKER_PREFETCH_MAX", 0, "django_tasks.E013"),
     ],
 )

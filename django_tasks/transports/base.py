@@ -74,6 +74,17 @@ class Transport(abc.ABC):
     def seconds_until_due(self, queues: list[str], cap: float) -> float:
         """Seconds until the next waiting task of ``queues`` is due, at most ``cap``."""
 
+    @property
+    def poll_interval(self) -> float:
+        """Longest idle wait between looks for due tasks: ``WORKER_POLL_INTERVAL``, or by default
+        1 s where workers are woken without polling and 0.1 s where polling is all there is."""
+        from ..conf import tasks_settings
+
+        configured = tasks_settings.WORKER_POLL_INTERVAL
+        if configured is not None:
+            return float(configured)
+        return 1.0 if self.wakes_without_polling else 0.1
+
     def describe(self) -> str:
         """One line for the worker banner."""
         return self.url

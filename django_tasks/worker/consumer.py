@@ -74,7 +74,7 @@ class Consumer:
         self.burst = burst
         self.transport = get_transport()
         self.lease_seconds = float(tasks_settings.WORKER_LEASE_SECONDS)
-        self.poll_interval = float(tasks_settings.WORKER_POLL_INTERVAL)
+        self.poll_interval = self.transport.poll_interval
         self.prefetch_max = int(tasks_settings.WORKER_PREFETCH_MAX)
         self.context = ExecutionContext.build(hostname, lease_token, tasks_settings.ACCEPT_CONTENT)
         self._seconds_per_task = BATCH_WINDOW / 4  # first claims take 4 tasks
