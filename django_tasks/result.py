@@ -70,10 +70,9 @@ class AsyncResult:
         """The stored row, re-read unless it is already in a ready state."""
         if self._row is not None and self._row["state"] in states.READY_STATES:
             return self._row
-        from .models import TaskResult
+        from .sql import fetch_by_task_id
 
-        rows = TaskResult.objects.filter(task_id=self.id).order_by().values(*ROW_FIELDS)[:1]
-        self._row = rows[0] if rows else None
+        self._row = fetch_by_task_id(self.id, ROW_FIELDS)
         return self._row
 
     def _field(self, name: str) -> Any:

@@ -26,6 +26,7 @@ from .. import states
 from ..conf import tasks_settings
 from ..messages import exception_to_dict
 from ..models import CLAIMABLE_STATES, TaskResult
+from ..sql import insert_statement, row_converter
 from .base import ClaimedTask, Transport
 
 logger = logging.getLogger("django_tasks.transport")
@@ -52,6 +53,25 @@ CLAIM_COLUMNS = (
     "expires",
     "revoked",
     "owner_id",
+)
+INSERT_FIELDS = (
+    "task_id",
+    "task_name",
+    "state",
+    "queue",
+    "priority",
+    "args",
+    "kwargs",
+    "body",
+    "content_type",
+    "options",
+    "retries",
+    "worker",
+    "owner",
+    "date_created",
+    "run_after",
+    "expires",
+    "revoked",
 )
 CONNECTION_ERRORS = (DjangoOperationalError, InterfaceError)
 
@@ -93,25 +113,32 @@ class DatabaseTransport(Transport):
 
     def send(self, outgoing: Any, *, retry: bool, retry_policy: dict[str, Any]) -> None:
         encoded = outgoing.encoded
-        row = TaskResult(
-            task_id=outgoing.task_id,
-            task_name=outgoing.task_name,
-            queue=outgoing.queue,
-            priority=outgoing.priority,
-            args=encoded.args,
-            kwargs=encoded.kwargs,
-            body=encoded.body,
-            content_type=encoded.content_type,
-            options=outgoing.options,
-            owner_id=outgoing.owner_id,
-            date_created=outgoing.created,
-            run_after=outgoing.run_after,
-            expires=outgoing.expires,
-        )
+        values = {
+            "task_id": outgoing.task_id,
+            "task_name": outgoing.task_name,
+            "state": states.PENDING,
+            "queue": outgoing.queue,
+            "priority": outgoing.priority,
+            "args": encoded.args,
+            "kwargs": encoded.kwargs,
+            "body": encoded.body,
+            "content_type": encoded.content_type,
+            "options": outgoing.options,
+            "retries": 0,
+            "worker": "",
+            "owner": outgoing.owner_id,
+            "date_created": outgoing.created,
+            "run_after": outgoing.run_after,
+            "expires": outgoing.expires,
+            "revoked": False,
+        }
+        sql, fields = insert_statement()
+        params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
         delays = publish_delays(retry_policy) if retry else iter(())
         while True:
             try:
-                row.save(force_insert=True)
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, params)
                 return
             except IntegrityError as exc:
                 if "task_id" in str(exc):  # the unique constraint, named on every backend
@@ -141,12 +168,12 @@ class DatabaseTransport(Transport):
         now = timezone.now()
         lease_expires = now + dt.timedelta(seconds=lease_seconds)
         if self.vendor in ("postgresql", "sqlite"):
-            rows = self._claim_returning(queues, limit, now, lease_token, lease_expires, worker)
+            claimed = self._claim_returning(queues, limit, now, lease_token, lease_expires, worker)
         else:
             rows = self._claim_select_then_update(
                 queues, limit, now, lease_token, lease_expires, worker
             )
-        claimed = [self._to_claimed(row) for row in rows]
+            claimed = [self._to_claimed(row) for row in rows]
         claimed.sort(key=lambda c: (-c.priority, c.run_after, c.pk))
         return claimed
 
@@ -158,7 +185,7 @@ class DatabaseTransport(Transport):
         token: str,
         lease_expires: dt.datetime,
         worker: str,
-    ) -> list[TaskResult]:
+    ) -> list[ClaimedTask]:
         table = connection.ops.quote_name(TaskResult._meta.db_table)
         adapt = connection.ops.adapt_datetimefield_value
         lock = " FOR UPDATE SKIP LOCKED" if self.vendor == "postgresql" else ""
@@ -180,7 +207,11 @@ class DatabaseTransport(Transport):
             adapt(now),
             limit,
         ]
-        return list(TaskResult.objects.raw(sql, params))
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        convert = row_converter(CLAIM_COLUMNS)
+        return [ClaimedTask(*convert(row)) for row in rows]
 
     def _claim_select_then_update(
         self,

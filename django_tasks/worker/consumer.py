@@ -86,9 +86,14 @@ class Consumer:
     def run(self) -> None:
         try:
             while not self.stop.is_set():
-                ran = self.run_batch()
+                limit = self.batch_size()
+                ran = self.run_batch(limit)
                 refresh_connections()
-                if ran:
+                # A short batch means the queue was drained. Where notifications wake us, go
+                # straight to waiting (any that came meanwhile are buffered) instead of
+                # spending an empty claim; where we poll, or in burst, look again at once.
+                look_again = self.burst or not self.transport.wakes_without_polling
+                if ran == limit or (ran and look_again):
                     continue
                 if self.burst:
                     return
@@ -97,11 +102,11 @@ class Consumer:
         finally:
             self.transport.close()
 
-    def run_batch(self) -> int:
-        """Claim, run and record one batch; return how many tasks it held."""
+    def run_batch(self, limit: int | None = None) -> int:
+        """Claim, run and record one batch of at most ``limit``; return how many it held."""
         batch = self.transport.claim(
             self.queues,
-            self.batch_size(),
+            limit or self.batch_size(),
             lease_token=self.lease_token,
             lease_seconds=self.lease_seconds,
             worker=self.hostname,

@@ -1,0 +1,108 @@
+"""Hand-written SQL for the hot paths (send, claim, read a result), built once per database.
+
+Compiling a QuerySet or ``Model.save()`` costs more than running these statements; values
+still go through the model fields (``get_db_prep_save``, Django's converters), so what is
+written and read is exactly what the ORM would write and read.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from django.db import connection
+from django.db.models import Field
+from django.db.models.expressions import Col
+
+from .models import TaskResult
+
+#: The columns a send writes; every other column is NULL until the task runs.
+INSERT_FIELDS = (
+    "task_id",
+    "task_name",
+    "state",
+    "queue",
+    "priority",
+    "args",
+    "kwargs",
+    "body",
+    "content_type",
+    "options",
+    "retries",
+    "worker",
+    "owner",
+    "date_created",
+    "run_after",
+    "expires",
+    "revoked",
+)
+
+#: Python-side touches beyond Django's converters, by column.
+_EXTRA: dict[str, Callable[[Any], Any]] = {
+    "body": lambda value: bytes(value) if value is not None else None,
+    "options": lambda value: value or {},
+    "revoked": bool,
+}
+
+
+def _field(column: str) -> Field:
+    return TaskResult._meta.get_field("owner" if column == "owner_id" else column)
+
+
+def insert_statement() -> tuple[str, list[Field]]:
+    """The one INSERT that sends a task, and the fields of its parameters."""
+    return _insert_statement(connection.vendor)
+
+
+@functools.cache
+def _insert_statement(vendor: str) -> tuple[str, list[Field]]:
+    fields = [TaskResult._meta.get_field(name) for name in INSERT_FIELDS]
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(f.column) for f in fields)
+    marks = ", ".join(["%s"] * len(fields))
+    return f"INSERT INTO {qn(TaskResult._meta.db_table)} ({columns}) VALUES ({marks})", fields
+
+
+def row_converter(columns: Sequence[str]) -> Callable[[Sequence[Any]], list[Any]]:
+    """Turn a database row of ``columns`` into Python values, as a QuerySet would."""
+    return _row_converter(connection.vendor, tuple(columns))
+
+
+@functools.cache
+def _row_converter(vendor: str, columns: tuple[str, ...]) -> Callable[[Sequence[Any]], list[Any]]:
+    steps = []
+    for column in columns:
+        field = _field(column)
+        expression = Col(TaskResult._meta.db_table, field)
+        converters = connection.ops.get_db_converters(expression)
+        converters += field.get_db_converters(connection)
+        steps.append((expression, converters, _EXTRA.get(column)))
+
+    def convert(row: Sequence[Any]) -> list[Any]:
+        values = []
+        for value, (expression, converters, extra) in zip(row, steps, strict=True):
+            for converter in converters:
+                value = converter(value, expression, connection)
+            values.append(extra(value) if extra else value)
+        return values
+
+    return convert
+
+
+def fetch_by_task_id(task_id: str, columns: Sequence[str]) -> dict[str, Any] | None:
+    """One task's ``columns`` by task id, as a dict, or None."""
+    sql = _select_by_task_id(connection.vendor, tuple(columns))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [task_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return dict(zip(columns, row_converter(columns)(row), strict=True))
+
+
+@functools.cache
+def _select_by_task_id(vendor: str, columns: tuple[str, ...]) -> str:
+    qn = connection.ops.quote_name
+    names = ", ".join(qn(_field(c).column) for c in columns)
+    return f"SELECT {names} FROM {qn(TaskResult._meta.db_table)} WHERE task_id = %s"
