@@ -63,6 +63,7 @@ def _check_values() -> list[CheckMessage]:
                 raise ValueError("the database transport takes no host or path: use 'django://'")
         except ValueError as exc:
             errors.append(_error("BROKER_URL", str(exc), "Use 'django://'.", 2))
+    errors.extend(_check_database(url))
     if not isinstance(s.TASK_DEFAULT_QUEUE, str) or not s.TASK_DEFAULT_QUEUE:
         errors.append(_error("TASK_DEFAULT_QUEUE", "must be a non-empty string", "", 3))
     try:
@@ -153,6 +154,26 @@ def _check_values() -> list[CheckMessage]:
             _error("WORKER_PREFETCH_MAX", f"must be an integer >= 1, not {prefetch!r}", "", 13)
         )
     return errors
+
+
+def _check_database(url: Any) -> list[CheckMessage]:
+    """The database transport's own needs of the database (without connecting)."""
+    from django.db import connection
+
+    if url != "django://" or connection.vendor != "sqlite":
+        return []
+    version = connection.Database.sqlite_version_info
+    if version < (3, 35):
+        return [
+            _error(
+                "BROKER_URL",
+                f"the database transport needs SQLite 3.35 or later "
+                f"(UPDATE … RETURNING); this Python has {connection.Database.sqlite_version}",
+                "Use a newer Python or SQLite, or PostgreSQL.",
+                14,
+            )
+        ]
+    return []
 
 
 def _known_type(types: set[str]) -> bool:

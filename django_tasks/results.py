@@ -220,7 +220,13 @@ def store_custom_state(
     pk = TaskResult.objects.filter(task_id=task_id).values_list("pk", flat=True).first()
     if pk is None:
         raise ValueError(f"update_state(): no task with id {task_id!r} is stored")
-    record_states([StateChange(pk, state, {"meta": meta}, keep_lease=True)], worker=worker or "")
+    unfinished = ~Q(state__in=states.READY_STATES)
+    if not record_states(
+        [StateChange(pk, state, {"meta": meta}, keep_lease=True)],
+        worker=worker or "",
+        guard=unfinished,
+    ):
+        raise ValueError(f"update_state(): task {task_id!r} has already finished")
 
 
 def revoke(task_id: str, *, reason: str = "revoked") -> bool:

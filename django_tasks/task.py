@@ -126,7 +126,13 @@ def check_retry_policy(where: str, policy: Any) -> dict[str, Any]:
             f"{where}: unknown retry_policy key(s) {', '.join(map(repr, unknown))}; "
             f"known: {', '.join(sorted(RETRY_POLICY_KEYS))}"
         )
-    merged = {**tasks_settings.TASK_PUBLISH_RETRY_POLICY, **policy}
+    from .conf import DEFAULTS
+
+    merged = {
+        **DEFAULTS["TASK_PUBLISH_RETRY_POLICY"],
+        **tasks_settings.TASK_PUBLISH_RETRY_POLICY,
+        **policy,
+    }
     max_retries = merged["max_retries"]
     if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
         raise ValueError(

@@ -86,3 +86,10 @@ def test_settings_object_reloads_and_rejects_unknown_names(settings):
     assert tasks_settings.TASK_DEFAULT_QUEUE == "q2"
     with pytest.raises(AttributeError, match="NOT_A_SETTING"):
         tasks_settings.NOT_A_SETTING  # noqa: B018
+
+
+def test_a_partial_publish_retry_policy_is_completed_from_the_defaults(settings, db):
+    from tests.taskapp import tasks
+
+    assert ids({"TASK_PUBLISH_RETRY_POLICY": {"max_retries": 5}}, settings) == {}
+    assert tasks.add.delay(1, 1).exists()

@@ -261,3 +261,23 @@ def test_on_message_sees_each_state_change_while_waiting():
     assert [m["status"] for m in seen] == ["SUCCESS"]
     assert set(seen[0]) == {"task_id", "status", "result", "traceback", "date_done"}
     assert seen[0]["task_id"] == res.id and seen[0]["result"] == 2
+
+
+def test_update_state_never_reopens_a_finished_task():
+    res = tasks.add.delay(1, 1)
+    run_until_empty()
+    with pytest.raises(ValueError, match="already finished"):
+        tasks.progress.update_state(task_id=res.id, state="PROGRESS", meta={})
+    assert res.get(timeout=1) == 2
+
+
+def test_expired_tasks_in_a_queue_nobody_reads_are_revoked_by_the_sweep():
+    from django_tasks.transports import get_transport
+
+    res = tasks.add.apply_async(
+        (1, 1), queue="nobody", expires=timezone.now() - dt.timedelta(seconds=1)
+    )
+    fresh = tasks.add.apply_async((1, 1), queue="nobody", expires=60)
+    assert get_transport().revoke_expired() == 1
+    assert res.state == states.REVOKED
+    assert fresh.state == states.PENDING

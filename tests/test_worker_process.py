@@ -123,3 +123,21 @@ def test_bad_rows_are_recorded_as_failures_and_the_worker_goes_on(start_worker):
     assert "gone.task" in str(unknown.result)
     assert malformed.state == states.FAILURE
     assert good.get(timeout=1) == 5
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
+def test_the_worker_rides_out_lost_database_connections(start_worker, pool):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs a database server whose connections can be killed (PostgreSQL)")
+    concurrency = "1" if pool == "solo" else "2"
+    worker = start_worker("--pool", pool, "--concurrency", concurrency)
+    assert tasks.add.delay(1, 1).get(timeout=20) == 2
+    with connection.cursor() as cursor:  # what a database restart does to idle workers
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    assert tasks.add.delay(2, 2).get(timeout=30) == 4
+    assert worker.proc.poll() is None

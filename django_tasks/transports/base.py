@@ -67,6 +67,10 @@ class Transport(abc.ABC):
         """Apply the lost-worker rule to tasks whose lease ran out; returns how many."""
 
     @abc.abstractmethod
+    def revoke_expired(self, limit: int = 1000) -> int:
+        """Mark waiting tasks whose ``expires`` has passed ``REVOKED`` (expired); how many."""
+
+    @abc.abstractmethod
     def wait_for_tasks(self, queues: list[str], timeout: float) -> None:
         """Block until tasks may be due in ``queues`` or ``timeout`` seconds pass."""
 

@@ -102,7 +102,8 @@ class DatabaseTransport(Transport):
 
     @property
     def wakes_without_polling(self) -> bool:  # type: ignore[override]
-        return self.vendor == "postgresql"
+        # LISTEN/NOTIFY goes through psycopg 3; with psycopg2, workers poll.
+        return self.vendor == "postgresql" and connection.Database.__name__ == "psycopg"
 
     def describe(self) -> str:
         settings = connection.settings_dict
@@ -314,6 +315,17 @@ class DatabaseTransport(Transport):
             logger.warning("Recovered task %s from lost worker %s: %s", pk, worker, change.state)
         return recovered
 
+    def revoke_expired(self, limit: int = 1000) -> int:
+        """Expire waiting tasks nobody claimed (e.g. in a queue no worker reads)."""
+        from ..results import record_states, revoked_change
+
+        now = timezone.now()
+        waiting = Q(state__in=CLAIMABLE_STATES, lease_token__isnull=True, expires__lt=now)
+        pks = list(TaskResult.objects.filter(waiting).values_list("pk", flat=True)[:limit])
+        if not pks:
+            return 0
+        return record_states([revoked_change(pk, "expired", now) for pk in pks], guard=waiting)
+
     # -- waiting ------------------------------------------------------------------------------
 
     def seconds_until_due(self, queues: list[str], cap: float) -> float:
@@ -336,7 +348,7 @@ class DatabaseTransport(Transport):
     def wait_for_tasks(self, queues: list[str], timeout: float) -> None:
         if timeout <= 0:
             return
-        if self.vendor != "postgresql":
+        if not self.wakes_without_polling:
             time.sleep(timeout)
             return
         listener = self._listen_connection()

@@ -13,7 +13,7 @@ import time
 import uuid
 
 from django.conf import settings
-from django.db import connections, reset_queries
+from django.db import DatabaseError, connections, reset_queries
 
 from ..conf import tasks_settings
 from ..results import record_states
@@ -84,23 +84,55 @@ class Consumer:
         return max(1, min(self.prefetch_max, math.ceil(BATCH_WINDOW / self._seconds_per_task)))
 
     def run(self) -> None:
+        """Loop until stopped (or, in burst, drained); ride out database outages."""
+        failures = 0
         try:
             while not self.stop.is_set():
-                limit = self.batch_size()
-                ran = self.run_batch(limit)
-                refresh_connections()
-                # A short batch means the queue was drained. Where notifications wake us, go
-                # straight to waiting (any that came meanwhile are buffered) instead of
-                # spending an empty claim; where we poll, or in burst, look again at once.
-                look_again = self.burst or not self.transport.wakes_without_polling
-                if ran == limit or (ran and look_again):
-                    continue
-                if self.burst:
-                    return
-                wait = self.transport.seconds_until_due(self.queues, self.poll_interval)
-                self.transport.wait_for_tasks(self.queues, wait)
+                try:
+                    if self.step():
+                        return
+                    failures = 0
+                except DatabaseError as exc:
+                    failures += 1
+                    self.recover_from(exc, failures)
         finally:
             self.transport.close()
+
+    def step(self) -> bool:
+        """One claim-run-record round, then wait if idle; True when a burst is done."""
+        limit = self.batch_size()
+        ran = self.run_batch(limit)
+        refresh_connections()
+        # A short batch means the queue was drained. Where notifications wake us, go
+        # straight to waiting (any that came meanwhile are buffered) instead of spending an
+        # empty claim; where we poll, or in burst, look again at once.
+        look_again = self.burst or not self.transport.wakes_without_polling
+        if ran == limit or (ran and look_again):
+            return False
+        if self.burst:
+            return True
+        wait = self.transport.seconds_until_due(self.queues, self.poll_interval)
+        self.transport.wait_for_tasks(self.queues, wait)
+        return False
+
+    def recover_from(self, exc: DatabaseError, failures: int) -> None:
+        """Reconnect, then settle the tasks this loop held when the error struck.
+
+        Their outcomes may be lost, and the supervisor would renew their leases forever,
+        so they get the lost-worker rule (acks_late: queued again; else WorkerLostError)
+        before this loop claims anything new.
+        """
+        while not self.stop.is_set():
+            delay = min(0.5 * 2 ** (failures - 1), 10.0)
+            logger.warning("Database error in the worker loop (%s); retrying in %.1fs", exc, delay)
+            connections.close_all()  # this thread's connections
+            self.transport.close()
+            self.stop.wait(delay)
+            try:
+                self.transport.recover_expired_leases(lease_tokens=[self.lease_token])
+                return
+            except DatabaseError as again:
+                exc, failures = again, failures + 1
 
     def run_batch(self, limit: int | None = None) -> int:
         """Claim, run and record one batch of at most ``limit``; return how many it held."""

@@ -98,16 +98,27 @@ class ThreadPool(Pool):
             connections.close_all()
 
     def start(self) -> None:
-        for index in range(self.config.concurrency):
-            token = new_lease_token()
-            thread = threading.Thread(
-                target=self._target,
-                args=(token,),
-                daemon=True,
-                name=f"django-tasks-consumer-{index}",
-            )
-            self._threads[token] = thread
-            thread.start()
+        for _ in range(self.config.concurrency):
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        token = new_lease_token()
+        thread = threading.Thread(
+            target=self._target,
+            args=(token,),
+            daemon=True,
+            name=f"django-tasks-consumer-{len(self._threads)}",
+        )
+        self._threads[token] = thread
+        thread.start()
+
+    def respawn(self) -> None:
+        if self.config.stop.is_set() or self.config.burst:
+            return
+        for token in [t for t, th in self._threads.items() if not th.is_alive()]:
+            del self._threads[token]
+        while len(self._threads) < self.config.concurrency:
+            self._start_thread()
 
     def lease_tokens(self) -> list[str]:
         return [t for t, th in self._threads.items() if th.is_alive()]
@@ -133,6 +144,9 @@ class SoloPool(ThreadPool):
 
     def start(self) -> None:
         self._token = new_lease_token()
+
+    def respawn(self) -> None:
+        """The one loop runs in the main thread; if it fails, the worker exits."""
 
     def run_inline(self) -> None:
         self._running = True

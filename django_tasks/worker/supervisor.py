@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from ..conf import tasks_settings
 from ..registry import tasks_registry
@@ -36,6 +36,7 @@ class Worker:
         self._signals = 0
         self._woken = threading.Event()
         self._exit_code: int | None = None
+        self._lost: list[str] = []
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -69,6 +70,7 @@ class Worker:
         self._install_signal_handlers()
         transport = get_transport()
         transport.recover_expired_leases()
+        transport.revoke_expired()
         connections.close_all()
         self.pool.start()
         if self.pool_name == "solo":
@@ -105,24 +107,38 @@ class Worker:
                     self.pool.request_stop()
                 lost = self.pool.reap()
                 if lost:
-                    transport.recover_expired_leases(lease_tokens=lost)
+                    self._lost.extend(lost)
                     self.pool.respawn()
                 if not self.pool.alive():
+                    self._settle(transport)
                     return
                 now = time.monotonic()
-                if now >= next_renew:
-                    transport.renew(self.pool.lease_tokens(), self.lease_seconds)
-                    next_renew = now + renew_every
-                if now >= next_reap:
-                    transport.recover_expired_leases()
-                    next_reap = now + reap_every
-                refresh_connections()
+                try:
+                    self._settle(transport)
+                    if now >= next_renew:
+                        transport.renew(self.pool.lease_tokens(), self.lease_seconds)
+                        next_renew = now + renew_every
+                    if now >= next_reap:
+                        transport.recover_expired_leases()
+                        transport.revoke_expired()
+                        next_reap = now + reap_every
+                    refresh_connections()
+                except DatabaseError as exc:
+                    logger.warning("Database error in the worker supervisor (%s); retrying", exc)
+                    connections.close_all()
+                    self._woken.wait(1.0)
         except Exception:
             logger.exception("Worker supervisor failed; stopping")
             self._exit_code = 1
             self.pool.request_stop()
         finally:
             connections.close_all()
+
+    def _settle(self, transport: Any) -> None:
+        """Apply the lost-worker rule to the tasks of loops that died."""
+        if self._lost:
+            transport.recover_expired_leases(lease_tokens=self._lost)
+            self._lost = []
 
     def _cold_shutdown(self, transport: Any) -> None:
         logger.warning("Cold shutdown: stopping now")
