@@ -156,6 +156,28 @@ def _check_values() -> list[CheckMessage]:
     return errors
 
 
+@register(Tags.compatibility)
+def check_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Declared options this version accepts but does not act on yet."""
+    from .registry import tasks_registry
+
+    limited = sorted(
+        name
+        for name, task in tasks_registry.items()
+        if task.time_limit is not None or task.soft_time_limit is not None
+    )
+    if not limited:
+        return []
+    return [
+        Warning(
+            f"time_limit / soft_time_limit are not enforced by this version of django_tasks; "
+            f"these tasks declare them: {', '.join(limited)}",
+            hint="They are validated and stored; a later version enforces them.",
+            id="django_tasks.W002",
+        )
+    ]
+
+
 def _check_database(url: Any) -> list[CheckMessage]:
     """The database transport's own needs of the database (without connecting)."""
     from django.db import connection

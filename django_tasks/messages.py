@@ -69,6 +69,11 @@ def content_type_of(serializer: str) -> str:
     return serialization.registry.name_to_type[serializer]
 
 
+def serializer_of(content_type: str) -> str:
+    """The serializer name for a media type (``application/json`` -> ``json``)."""
+    return serialization.registry.type_to_name[content_type]
+
+
 def accepted_content_types(accept: list[str]) -> set[str]:
     """Media types for a list of serializer names or media types (``ACCEPT_CONTENT``)."""
     return {serialization.registry.name_to_type.get(a, a) for a in accept}

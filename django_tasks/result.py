@@ -194,13 +194,14 @@ class AsyncResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         waiter = _waiter()
         sleep = min(FIRST_POLL_INTERVAL, interval)
-        last_state = None
+        last_seen: tuple[str, Any] | None = None
         while True:
             row = self._fetch()
             state = row["state"] if row else states.PENDING
-            if on_message is not None and row is not None and state != last_state:
+            seen = (state, row["meta"]) if row else None
+            if on_message is not None and row is not None and seen != last_seen:
                 on_message(_meta(row))
-            last_state = state
+            last_seen = seen
             if state in states.READY_STATES:
                 return self._outcome_for_get(row, propagate)
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -231,6 +232,7 @@ class EagerResult(AsyncResult):
         traceback: str | None = None,
         task_name: str | None = None,
         exc_dict: dict[str, Any] | None = None,
+        retries: int = 0,
     ) -> None:
         super().__init__(id, task_name)
         self._state = state
@@ -249,7 +251,7 @@ class EagerResult(AsyncResult):
             "date_started": now,
             "args": None,
             "kwargs": None,
-            "retries": 0,
+            "retries": retries,
             "queue": None,
             "worker": "",
             "options": None,
@@ -257,6 +259,11 @@ class EagerResult(AsyncResult):
 
     def __repr__(self) -> str:
         return f"<EagerResult: {self.id}>"
+
+    def take(self, other: EagerResult) -> None:
+        """Become ``other`` (an eager run deferred to the transaction's commit)."""
+        self._state, self._result, self._traceback = other._state, other._result, other._traceback
+        self._row = other._row
 
     def _fetch(self) -> dict[str, Any] | None:
         return self._row

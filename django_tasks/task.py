@@ -7,6 +7,7 @@ import fnmatch
 import functools
 import inspect
 import numbers
+import random
 import sys
 import uuid
 from collections.abc import Callable
@@ -268,8 +269,31 @@ class Task(Generic[P, R]):
             if self.bind:
                 return self.run(self, *args, **kwargs)
             return self.run(*args, **kwargs)
+        except Retry:
+            raise
+        except Exception as exc:
+            if (
+                self.autoretry_for
+                and isinstance(exc, self.autoretry_for)
+                and not isinstance(exc, self.dont_autoretry_for)
+            ):
+                raise self.retry(exc=exc, **self._autoretry_options(request)) from exc
+            raise
         finally:
             stack.pop()
+
+    def _autoretry_options(self, request: Request) -> dict[str, Any]:
+        """``retry_kwargs``, with Celery's exponential backoff when ``retry_backoff`` is set:
+        ``min(retry_backoff_max, factor * 2 ** retries)``, then uniform in ``[0, that]`` with
+        ``retry_jitter``."""
+        options = dict(self.retry_kwargs)
+        if self.retry_backoff:
+            factor = 1 if self.retry_backoff is True else self.retry_backoff
+            countdown = min(self.retry_backoff_max, factor * 2**request.retries)
+            if self.retry_jitter:
+                countdown = random.uniform(0, countdown)
+            options["countdown"] = countdown
+        return options
 
     # -- calling ------------------------------------------------------------------------------
 
@@ -321,7 +345,15 @@ class Task(Generic[P, R]):
         if self.typing:
             self.check_arguments(args, kwargs)
         if tasks_settings.TASK_ALWAYS_EAGER:
-            return self.apply(args, kwargs, **options)
+            if not options.pop("on_commit", False):
+                return self.apply(args, kwargs, **options)
+            # Run when the transaction commits; until then the result reads PENDING.
+            from .result import EagerResult
+
+            options["task_id"] = options.get("task_id") or str(uuid.uuid4())
+            pending = EagerResult(options["task_id"], states.PENDING, None, task_name=self.name)
+            transaction.on_commit(lambda: pending.take(self.apply(args, kwargs, **options)))
+            return pending
         outgoing = self._build_outgoing(where, list(args), kwargs, options)
         from .transports import get_transport
 
@@ -438,7 +470,7 @@ class Task(Generic[P, R]):
         self, args: tuple | list | None = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Any:
         """Run the task in this process as a worker would, returning an ``EagerResult``."""
-        from .messages import exception_to_dict, format_traceback
+        from .messages import encode_result, exception_to_dict, format_traceback
         from .result import EagerResult
 
         where = f"{self.name}.apply()"
@@ -464,16 +496,20 @@ class Task(Generic[P, R]):
                 is_eager=True,
                 called_directly=False,
                 delivery_info={"queue": outgoing.queue, "priority": outgoing.priority},
+                headers=extra.get("headers") or {},
                 options=dict(extra),
             )
             try:
                 value = self._run_with_request(request, args, kwargs)
                 if request.pending_retry is not None:
                     raise request.pending_retry
+                value = json_round_trip(encode_result(value))  # as stored by a worker
             except Retry as retry:
                 retries += 1
                 args = getattr(retry, "args_override", None) or args
                 kwargs = getattr(retry, "kwargs_override", None) or kwargs
+                if "headers" in (getattr(retry, "options", None) or {}):
+                    extra = {**extra, "headers": retry.options["headers"]}  # type: ignore[attr-defined]
                 continue
             except Exception as exc:
                 traceback = format_traceback(exc)
@@ -490,10 +526,12 @@ class Task(Generic[P, R]):
                     traceback=traceback,
                     task_name=self.name,
                     exc_dict=exception_to_dict(exc),
+                    retries=retries,
                 )
-            value = json_round_trip(value)
             run_followups([partial(apply_link, sig, value) for sig in extra.get("link", ())])
-            return EagerResult(outgoing.task_id, states.SUCCESS, value, task_name=self.name)
+            return EagerResult(
+                outgoing.task_id, states.SUCCESS, value, task_name=self.name, retries=retries
+            )
 
     # -- inside a running task ----------------------------------------------------------------
 
@@ -529,11 +567,17 @@ class Task(Generic[P, R]):
             raise MaxRetriesExceededError(
                 f"Can't retry {self.name}[{request.id}] args:{request.args} kwargs:{request.kwargs}"
             )
+        where = f"{self.name}.retry()"
         unknown = sorted(set(options) - {"queue", "priority", "expires", "headers"})
         if unknown:
-            raise TypeError(
-                f"{self.name}.retry() got unknown option(s) {', '.join(map(repr, unknown))}"
-            )
+            raise TypeError(f"{where} got unknown option(s) {', '.join(map(repr, unknown))}")
+        check_priority(where, options.get("priority"))
+        if "queue" in options and (not isinstance(options["queue"], str) or not options["queue"]):
+            raise ValueError(f"{where}: queue must be a non-empty string")
+        if "headers" in options and not isinstance(options["headers"], dict):
+            raise TypeError(f"{where}: headers must be a dict")
+        if options.get("expires") is not None:
+            options["expires"] = _to_datetime(where, "expires", options["expires"], timezone.now())
         if countdown is not None and eta is not None:
             raise ValueError(f"{self.name}.retry(): give countdown or eta, not both")
         now = timezone.now()

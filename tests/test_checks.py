@@ -93,3 +93,22 @@ def test_a_partial_publish_retry_policy_is_completed_from_the_defaults(settings,
 
     assert ids({"TASK_PUBLISH_RETRY_POLICY": {"max_retries": 5}}, settings) == {}
     assert tasks.add.delay(1, 1).exists()
+
+
+def test_declared_time_limits_are_reported_as_not_enforced_yet():
+    from django_tasks import task
+    from django_tasks.checks import check_tasks
+    from django_tasks.registry import tasks_registry
+
+    assert check_tasks() == []
+
+    @task(name="tests.limited", time_limit=5)
+    def limited():
+        pass
+
+    try:
+        (warning,) = check_tasks()
+        assert warning.id == "django_tasks.W002"
+        assert "tests.limited" in warning.msg
+    finally:
+        del tasks_registry["tests.limited"]

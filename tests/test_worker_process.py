@@ -141,3 +141,15 @@ def test_the_worker_rides_out_lost_database_connections(start_worker, pool):
         )
     assert tasks.add.delay(2, 2).get(timeout=30) == 4
     assert worker.proc.poll() is None
+
+
+def test_on_message_sees_progress_while_waiting(start_worker):
+    res = tasks.slow_progress.delay(4, 0.3)
+    start_worker("--concurrency", "1")
+    seen = []
+    assert res.get(timeout=30, on_message=seen.append) == 4
+    statuses = [m["status"] for m in seen]
+    assert statuses[-1] == "SUCCESS"
+    progress = [m["result"]["current"] for m in seen if m["status"] == "PROGRESS"]
+    assert len(progress) >= 2
+    assert progress == sorted(progress)

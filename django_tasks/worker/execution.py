@@ -18,9 +18,11 @@ from ..exceptions import NotRegistered, Retry
 from ..messages import (
     accepted_content_types,
     decode_arguments,
+    encode_arguments,
     encode_result,
     exception_to_dict,
     format_traceback,
+    serializer_of,
 )
 from ..registry import tasks_registry
 from ..results import StateChange, record_states, revoked_change
@@ -200,6 +202,20 @@ def run_followups(followups: list[Callable[[], None]]) -> None:
             logger.exception("A link of a finished task failed; the task's result stands")
 
 
+def _reencoded(claimed: ClaimedTask, args: list, kwargs: dict) -> dict[str, object]:
+    """New arguments for a retry, encoded as the original call's were."""
+    if claimed.body is None:
+        return {"args": list(args), "kwargs": dict(kwargs)}
+    encoded = encode_arguments(
+        list(args),
+        dict(kwargs),
+        serializer=serializer_of(claimed.content_type),
+        compression=claimed.options.get("compression"),
+        task_name=claimed.task_name,
+    )
+    return {"body": encoded.body}
+
+
 def _retry_change(claimed: ClaimedTask, retry: Retry, args: list, kwargs: dict) -> StateChange:
     exc = retry.exc if retry.exc is not None else retry
     fields = {
@@ -211,14 +227,20 @@ def _retry_change(claimed: ClaimedTask, retry: Retry, args: list, kwargs: dict) 
     }
     new_args = getattr(retry, "args_override", None)
     new_kwargs = getattr(retry, "kwargs_override", None)
-    if (new_args is not None or new_kwargs is not None) and claimed.body is None:
-        fields["args"] = new_args if new_args is not None else args
-        fields["kwargs"] = new_kwargs if new_kwargs is not None else kwargs
+    if new_args is not None or new_kwargs is not None:
+        fields.update(
+            _reencoded(
+                claimed,
+                new_args if new_args is not None else args,
+                new_kwargs if new_kwargs is not None else kwargs,
+            )
+        )
     options = getattr(retry, "options", None) or {}
-    if "queue" in options:
-        fields["queue"] = options["queue"]
-    if "priority" in options:
-        fields["priority"] = options["priority"]
+    for name in ("queue", "priority", "expires"):
+        if name in options:
+            fields[name] = options[name]
+    if "headers" in options:
+        fields["options"] = {**claimed.options, "headers": options["headers"]}
     return StateChange(
         claimed.pk,
         states.RETRY,

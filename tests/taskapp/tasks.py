@@ -122,3 +122,37 @@ def record_failed_id(task_id):
 @task
 def broken_errback(request, exc, traceback):
     raise RuntimeError("the errback itself fails")
+
+
+@task(
+    autoretry_for=(ConnectionError,),
+    dont_autoretry_for=(ConnectionResetError,),
+    retry_backoff=2,
+    retry_backoff_max=5,
+    retry_jitter=False,
+    max_retries=4,
+)
+def flaky_network(kind="refused"):
+    raise (ConnectionResetError if kind == "reset" else ConnectionRefusedError)(kind)
+
+
+@task(autoretry_for=(ValueError,), retry_backoff=True, max_retries=3)
+def jittery():
+    raise ValueError("again")
+
+
+@task(bind=True)
+def retry_with_options(self, label):
+    if self.request.retries == 0:
+        raise self.retry(
+            args=[f"{label}-changed"], countdown=0, expires=3600, headers={"attempt": 2}
+        )
+    return [label, self.request.headers]
+
+
+@task(bind=True)
+def slow_progress(self, steps, pause=0.2):
+    for step in range(1, steps + 1):
+        self.update_state(state="PROGRESS", meta={"current": step, "total": steps})
+        time.sleep(pause)
+    return steps
