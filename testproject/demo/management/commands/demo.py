@@ -30,9 +30,17 @@ class Command(BaseCommand):
             "retry": flaky.delay(3),
             "countdown": add.apply_async((40, 2), countdown=2),
             "progress": crunch.delay(10),
+            "link": add.apply_async((2, 2), link=add.s(10)),
         }
         self.stdout.write(f"Sent {len(results)} tasks to {settings.DJANGO_TASKS['BROKER_URL']}.\n")
         self.run_worker_until_done(list(results.values()))
+        callback = (
+            TaskResult.objects.filter(task_name=add.name, args=[4, 10])
+            .order_by("-date_created")
+            .first()
+        )
+        if callback is not None:
+            results["callback of link"] = AsyncResult(callback.task_id)
         self.print_table(results)
         self.stdout.write(
             "\nBrowse them in the admin:\n"
