@@ -79,6 +79,7 @@ class Consumer:
         self.context = ExecutionContext.build(hostname, lease_token, tasks_settings.ACCEPT_CONTENT)
         self._seconds_per_task = BATCH_WINDOW / 4  # first claims take 4 tasks
         self.processed = 0
+        self._next_due = 0.0  # monotonic time by which to look for due tasks again
 
     def batch_size(self) -> int:
         return max(1, min(self.prefetch_max, math.ceil(BATCH_WINDOW / self._seconds_per_task)))
@@ -106,12 +107,18 @@ class Consumer:
         # A short batch means the queue was drained. Where notifications wake us, go
         # straight to waiting (any that came meanwhile are buffered) instead of spending an
         # empty claim; where we poll, or in burst, look again at once.
-        look_again = self.burst or not self.transport.wakes_without_polling
-        if ran == limit or (ran and look_again):
+        notified = self.transport.wakes_without_polling
+        if ran == limit or (ran and (self.burst or not notified)):
             return False
         if self.burst:
             return True
-        wait = self.transport.seconds_until_due(self.queues, self.poll_interval)
+        now = time.monotonic()
+        if ran and notified and now < self._next_due:
+            # New and retried tasks notify us, so the due time we last computed still holds.
+            wait = self._next_due - now
+        else:
+            wait = self.transport.seconds_until_due(self.queues, self.poll_interval)
+            self._next_due = now + wait
         self.transport.wait_for_tasks(self.queues, wait)
         return False
 

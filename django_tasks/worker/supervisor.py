@@ -157,3 +157,10 @@ def prepare_database() -> None:
     if connection.vendor == "sqlite":
         with connection.cursor() as cursor:
             cursor.execute("PRAGMA journal_mode=WAL")
+    elif connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW autovacuum")
+            if cursor.fetchone()[0] != "on":
+                logger.warning("PostgreSQL's autovacuum is off: every claim and outcome leaves a "
+                               "dead row behind, so vacuum the task table regularly "
+                               "(VACUUM django_tasks_taskresult) or turn autovacuum on")
