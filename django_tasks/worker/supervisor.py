@@ -161,6 +161,8 @@ def prepare_database() -> None:
         with connection.cursor() as cursor:
             cursor.execute("SHOW autovacuum")
             if cursor.fetchone()[0] != "on":
-                logger.warning("PostgreSQL's autovacuum is off: every claim and outcome leaves a "
-                               "dead row behind, so vacuum the task table regularly "
-                               "(VACUUM django_tasks_taskresult) or turn autovacuum on")
+                logger.warning(
+                    "PostgreSQL's autovacuum is off: every claim and outcome leaves a "
+                    "dead row behind, so vacuum the task table regularly "
+                    "(VACUUM django_tasks_taskresult) or turn autovacuum on"
+                )
