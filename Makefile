@@ -6,13 +6,15 @@ BIN := $(VENV)/bin
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/django_tasks
 MYSQL_URL ?= mysql://root@127.0.0.1:3306/django_tasks
 INSTALLED := $(VENV)/.installed
+# Another Django for the same run, e.g. DJANGO='django>=6.0,<7' (with PYTHON=python3.12).
+DJANGO ?=
 
 .PHONY: demo test test-sqlite test-postgres test-mysql lint format bench clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(if $(DJANGO),'$(DJANGO)')
 	touch $(INSTALLED)
 
 ## demo: set up SQLite, send sample tasks, run a worker until they finish, print the results
