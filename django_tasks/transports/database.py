@@ -54,25 +54,6 @@ CLAIM_COLUMNS = (
     "revoked",
     "owner_id",
 )
-INSERT_FIELDS = (
-    "task_id",
-    "task_name",
-    "state",
-    "queue",
-    "priority",
-    "args",
-    "kwargs",
-    "body",
-    "content_type",
-    "options",
-    "retries",
-    "worker",
-    "owner",
-    "date_created",
-    "run_after",
-    "expires",
-    "revoked",
-)
 CONNECTION_ERRORS = (DjangoOperationalError, InterfaceError)
 
 
