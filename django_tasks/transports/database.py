@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, InterfaceError, connection, transaction
@@ -66,6 +67,18 @@ def publish_delays(policy: dict[str, Any]):
             policy["interval_start"] + attempt * policy["interval_step"], policy["interval_max"]
         )
         attempt += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """What one claim asks for."""
+
+    queues: list[str]
+    limit: int
+    now: dt.datetime
+    token: str
+    lease_expires: dt.datetime
+    worker: str
 
 
 class DatabaseTransport(Transport):
@@ -148,30 +161,22 @@ class DatabaseTransport(Transport):
         self, queues: list[str], limit: int, *, lease_token: str, lease_seconds: float, worker: str
     ) -> list[ClaimedTask]:
         now = timezone.now()
-        lease_expires = now + dt.timedelta(seconds=lease_seconds)
+        request = _Claim(
+            queues, limit, now, lease_token, now + dt.timedelta(seconds=lease_seconds), worker
+        )
         if self.vendor in ("postgresql", "sqlite"):
-            claimed = self._claim_returning(queues, limit, now, lease_token, lease_expires, worker)
+            claimed = self._claim_returning(request)
         else:
-            rows = self._claim_select_then_update(
-                queues, limit, now, lease_token, lease_expires, worker
-            )
-            claimed = [self._to_claimed(row) for row in rows]
+            claimed = [self._to_claimed(row) for row in self._claim_select_then_update(request)]
         claimed.sort(key=lambda c: (-c.priority, c.run_after, c.pk))
         return claimed
 
-    def _claim_returning(
-        self,
-        queues: list[str],
-        limit: int,
-        now: dt.datetime,
-        token: str,
-        lease_expires: dt.datetime,
-        worker: str,
-    ) -> list[ClaimedTask]:
+    def _claim_returning(self, c: _Claim) -> list[ClaimedTask]:
+        """One ``UPDATE … WHERE id IN (SELECT … [FOR UPDATE SKIP LOCKED]) RETURNING``."""
         table = connection.ops.quote_name(TaskResult._meta.db_table)
         adapt = connection.ops.adapt_datetimefield_value
         lock = " FOR UPDATE SKIP LOCKED" if self.vendor == "postgresql" else ""
-        queue_marks = ", ".join(["%s"] * len(queues))
+        queue_marks = ", ".join(["%s"] * len(c.queues))
         sql = (
             f"UPDATE {table} SET lease_token = %s, lease_expires = %s, worker = %s, "
             f"date_started = %s WHERE id IN (SELECT id FROM {table} "
@@ -180,14 +185,14 @@ class DatabaseTransport(Transport):
             f"RETURNING {', '.join(CLAIM_COLUMNS)}"
         )
         params = [
-            token,
-            adapt(lease_expires),
-            worker,
-            adapt(now),
+            c.token,
+            adapt(c.lease_expires),
+            c.worker,
+            adapt(c.now),
             *CLAIMABLE_STATES,
-            *queues,
-            adapt(now),
-            limit,
+            *c.queues,
+            adapt(c.now),
+            c.limit,
         ]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
@@ -195,25 +200,21 @@ class DatabaseTransport(Transport):
         convert = row_converter(CLAIM_COLUMNS)
         return [ClaimedTask(*convert(row)) for row in rows]
 
-    def _claim_select_then_update(
-        self,
-        queues: list[str],
-        limit: int,
-        now: dt.datetime,
-        token: str,
-        lease_expires: dt.datetime,
-        worker: str,
-    ) -> list[TaskResult]:
+    def _claim_select_then_update(self, c: _Claim) -> list[TaskResult]:
+        """MySQL/MariaDB (no UPDATE … RETURNING): lock the rows, then lease them."""
         skip_locked = connection.features.has_select_for_update_skip_locked
         with transaction.atomic():
             rows = list(
-                TaskResult.objects.claimable(queues, now)
+                TaskResult.objects.claimable(c.queues, c.now)
                 .select_for_update(skip_locked=skip_locked)
-                .only(*[c for c in CLAIM_COLUMNS if c != "owner_id"], "owner")[:limit]
+                .only(*[col for col in CLAIM_COLUMNS if col != "owner_id"], "owner")[: c.limit]
             )
             if rows:
                 TaskResult.objects.filter(pk__in=[r.pk for r in rows]).update(
-                    lease_token=token, lease_expires=lease_expires, worker=worker, date_started=now
+                    lease_token=c.token,
+                    lease_expires=c.lease_expires,
+                    worker=c.worker,
+                    date_started=c.now,
                 )
         return rows
 
