@@ -46,6 +46,12 @@ _EXTRA: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def finish_value(column: str, value: Any) -> Any:
+    """The last touch a column's Python value gets (bytes for ``body``, ``{}`` for no options)."""
+    extra = _EXTRA.get(column)
+    return extra(value) if extra else value
+
+
 def _field(column: str) -> Field:
     return TaskResult._meta.get_field("owner" if column == "owner_id" else column)
 

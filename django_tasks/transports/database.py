@@ -27,7 +27,7 @@ from .. import states
 from ..conf import tasks_settings
 from ..messages import exception_to_dict
 from ..models import CLAIMABLE_STATES, TaskResult
-from ..sql import insert_statement, row_converter
+from ..sql import finish_value, insert_statement, row_converter
 from .base import ClaimedTask, Transport
 
 logger = logging.getLogger("django_tasks.transport")
@@ -220,24 +220,7 @@ class DatabaseTransport(Transport):
 
     @staticmethod
     def _to_claimed(row: TaskResult) -> ClaimedTask:
-        return ClaimedTask(
-            pk=row.pk,
-            task_id=row.task_id,
-            task_name=row.task_name,
-            state=row.state,
-            args=row.args,
-            kwargs=row.kwargs,
-            body=bytes(row.body) if row.body is not None else None,
-            content_type=row.content_type,
-            options=row.options or {},
-            retries=row.retries,
-            queue=row.queue,
-            priority=row.priority,
-            run_after=row.run_after,
-            expires=row.expires,
-            revoked=row.revoked,
-            owner_id=row.owner_id,
-        )
+        return ClaimedTask(*(finish_value(c, getattr(row, c)) for c in CLAIM_COLUMNS))
 
     # -- leases -------------------------------------------------------------------------------
 
