@@ -352,6 +352,18 @@ class _NotifyWaiter:
 _local = threading.local()
 
 
+def close_waiter() -> None:
+    """Close this thread's result-waiting connection (PostgreSQL LISTEN), if any.
+
+    ``get()`` keeps one per thread so that waiting is fast; close it when a thread is done
+    with results, e.g. at the end of a test, so that the test database can be dropped.
+    """
+    waiter = getattr(_local, "waiter", None)
+    if isinstance(waiter, _NotifyWaiter):
+        waiter._conn.close()
+    _local.waiter = None
+
+
 def _waiter() -> _PollingWaiter | _NotifyWaiter:
     """This thread's waiter: notifications on PostgreSQL, polling elsewhere."""
     waiter = getattr(_local, "waiter", None)

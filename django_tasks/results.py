@@ -65,7 +65,7 @@ def record_states(
     except _LeaseLost:
         applied = _record(changes, worker, lease_token, guard, batched=False)
     lost = len(changes) - applied
-    if lost:
+    if lost and guard is None:
         logger.warning(
             "%d state change(s) not recorded: the task had moved on (e.g. its lease "
             "was recovered by another worker)",

@@ -506,8 +506,10 @@ class Task(Generic[P, R]):
                 value = json_round_trip(encode_result(value))  # as stored by a worker
             except Retry as retry:
                 retries += 1
-                args = getattr(retry, "args_override", None) or args
-                kwargs = getattr(retry, "kwargs_override", None) or kwargs
+                new_args = getattr(retry, "args_override", None)
+                new_kwargs = getattr(retry, "kwargs_override", None)
+                args = args if new_args is None else json_round_trip(new_args)
+                kwargs = kwargs if new_kwargs is None else json_round_trip(new_kwargs)
                 if "headers" in (getattr(retry, "options", None) or {}):
                     extra = {**extra, "headers": retry.options["headers"]}  # type: ignore[attr-defined]
                 continue
@@ -571,6 +573,8 @@ class Task(Generic[P, R]):
         unknown = sorted(set(options) - {"queue", "priority", "expires", "headers"})
         if unknown:
             raise TypeError(f"{where} got unknown option(s) {', '.join(map(repr, unknown))}")
+        if options.get("priority", 0) is None:
+            del options["priority"]  # None: keep the current priority
         check_priority(where, options.get("priority"))
         if "queue" in options and (not isinstance(options["queue"], str) or not options["queue"]):
             raise ValueError(f"{where}: queue must be a non-empty string")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from .conf import tasks_settings
+from .result import close_waiter
 from .worker.consumer import Consumer, new_lease_token
 from .worker.pool import process_name
 
@@ -24,3 +25,6 @@ def run_until_empty(queues: list[str] | None = None) -> int:
     )
     consumer.run()
     return consumer.processed
+
+
+__all__ = ["close_waiter", "run_until_empty"]

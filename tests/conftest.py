@@ -58,12 +58,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _close_result_waiters() -> Iterator[None]:
     """Result waiters hold a LISTEN connection on PostgreSQL; don't keep the test DB busy."""
     yield
-    from django_tasks import result
+    from django_tasks.testing import close_waiter
 
-    waiter = getattr(result._local, "waiter", None)
-    if waiter is not None and hasattr(waiter, "_conn"):
-        waiter._conn.close()
-    result._local.waiter = None
+    close_waiter()
 
 
 def database_url() -> str:

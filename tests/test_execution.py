@@ -281,3 +281,12 @@ def test_expired_tasks_in_a_queue_nobody_reads_are_revoked_by_the_sweep():
     assert get_transport().revoke_expired() == 1
     assert res.state == states.REVOKED
     assert fresh.state == states.PENDING
+
+
+def test_a_failing_query_in_a_task_fails_the_task_not_the_test_transaction():
+    res = tasks.bad_query.delay()
+    after = tasks.add.delay(1, 1)
+    assert run_until_empty() == 2
+    assert res.failed()
+    assert "no_such_table_here" in str(res.result)
+    assert after.get(timeout=1) == 2

@@ -131,3 +131,29 @@ class TestEagerOnCommit:
             tasks.record.delay_on_commit("rolled back")
             1 / 0  # noqa: B018
         assert not Run.objects.exists()
+
+
+def test_retry_with_priority_none_keeps_the_priority():
+    res = tasks.retry_variants.apply_async(("priority",), priority=7)
+    while run_until_empty():
+        pass
+    assert res.get(timeout=1) == [["priority"], 7]
+
+
+def test_retry_with_unencodable_arguments_fails_the_task():
+    res = tasks.retry_variants.delay("unencodable")
+    after = tasks.add.delay(1, 1)
+    while run_until_empty():
+        pass
+    assert res.failed()
+    assert "cannot be encoded" in str(res.result)
+    assert after.get(timeout=1) == 2
+
+
+def test_retry_can_replace_the_arguments_with_none(settings):
+    res = tasks.retry_variants.delay("no-args")
+    while run_until_empty():
+        pass
+    assert res.get(timeout=1) == [[], 0]
+    settings.DJANGO_TASKS = {"TASK_ALWAYS_EAGER": True}
+    assert tasks.retry_variants.delay("no-args").get() == [[], 0]

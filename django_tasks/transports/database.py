@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, InterfaceError, connection, transaction
+from django.db import IntegrityError, InterfaceError, connection, transaction
 from django.db import OperationalError as DjangoOperationalError
 from django.db.models import Q
 from django.utils import timezone
@@ -316,20 +316,18 @@ class DatabaseTransport(Transport):
         if not self.wakes_without_polling:
             time.sleep(timeout)
             return
-        listener = self._listen_connection()
         wanted = set(queues)
         deadline = time.monotonic() + timeout
         try:
+            listener = self._listen_connection()
             while (remaining := deadline - time.monotonic()) > 0:
                 for notify in listener.notifies(timeout=remaining, stop_after=1):
                     if notify.payload in wanted:
                         return
-        except DatabaseError:
+        except Exception as exc:  # psycopg's own errors: the LISTEN connection is not Django's
+            logger.warning("LISTEN connection failed (%s); polling until it is back", exc)
             self.close()
-        except Exception as exc:  # psycopg errors on a broken listener connection
-            logger.warning("Lost the LISTEN connection (%s); reconnecting", exc)
-            self.close()
-            time.sleep(min(timeout, 0.5))
+            time.sleep(max(0.0, min(deadline - time.monotonic(), self.poll_interval)))
 
     def _listen_connection(self) -> Any:
         if self._listener is None or self._listener.closed:

@@ -13,7 +13,7 @@ import time
 import uuid
 
 from django.conf import settings
-from django.db import DatabaseError, connections, reset_queries
+from django.db import DatabaseError, connection, connections, reset_queries
 
 from ..conf import tasks_settings
 from ..results import record_states
@@ -41,10 +41,10 @@ def refresh_connections() -> None:
     reconnecting for every task would cost more than the task itself.
     """
     for conn in connections.all(initialized_only=True):
-        if conn.connection is None:
-            continue
+        if conn.connection is None or conn.in_atomic_block:
+            continue  # no connection yet, or the caller's transaction (run_until_empty)
         if conn.errors_occurred:
-            if conn.in_atomic_block or not conn.is_usable():
+            if not conn.is_usable():
                 conn.close()
                 continue
             conn.errors_occurred = False
@@ -94,6 +94,8 @@ class Consumer:
                         return
                     failures = 0
                 except DatabaseError as exc:
+                    if connection.in_atomic_block:
+                        raise  # the caller's transaction is broken; reconnecting cannot help
                     failures += 1
                     self.recover_from(exc, failures)
         finally:

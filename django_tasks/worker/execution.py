@@ -6,9 +6,11 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 
+from django.db import connection, transaction
 from django.utils import timezone
 from kombu.exceptions import DecodeError, EncodeError
 
@@ -133,11 +135,17 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> StateChange | Outco
             lease_token=ctx.lease_token,
         )
     try:
-        value = task._run_with_request(request, args, kwargs)
+        # Inside a caller's transaction (run_until_empty in a test), a savepoint keeps a
+        # failing query in the task from breaking that transaction for the outcome write.
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+            value = task._run_with_request(request, args, kwargs)
         if request.pending_retry is not None:
             raise request.pending_retry
     except Retry as retry:
-        return _retry_change(claimed, retry, args, kwargs)
+        try:
+            return _retry_change(claimed, retry, args, kwargs)
+        except EncodeError as exc:
+            return _failed(claimed, request, exc)
     except Exception as exc:
         return _failed(claimed, request, exc)
     if request.ignore_result:
@@ -203,17 +211,16 @@ def run_followups(followups: list[Callable[[], None]]) -> None:
 
 
 def _reencoded(claimed: ClaimedTask, args: list, kwargs: dict) -> dict[str, object]:
-    """New arguments for a retry, encoded as the original call's were."""
-    if claimed.body is None:
-        return {"args": list(args), "kwargs": dict(kwargs)}
+    """New arguments for a retry, encoded as the original call's were (EncodeError if not)."""
+    plain = claimed.body is None
     encoded = encode_arguments(
         list(args),
         dict(kwargs),
-        serializer=serializer_of(claimed.content_type),
-        compression=claimed.options.get("compression"),
+        serializer="json" if plain else serializer_of(claimed.content_type),
+        compression=None if plain else claimed.options.get("compression"),
         task_name=claimed.task_name,
     )
-    return {"body": encoded.body}
+    return {"args": encoded.args, "kwargs": encoded.kwargs} if plain else {"body": encoded.body}
 
 
 def _retry_change(claimed: ClaimedTask, retry: Retry, args: list, kwargs: dict) -> StateChange:

@@ -156,3 +156,23 @@ def slow_progress(self, steps, pause=0.2):
         self.update_state(state="PROGRESS", meta={"current": step, "total": steps})
         time.sleep(pause)
     return steps
+
+
+@task
+def bad_query():
+    """Fails inside the database, as a task with a bug in its SQL would."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM no_such_table_here")
+
+
+@task(bind=True)
+def retry_variants(self, variant):
+    if self.request.retries:
+        return [self.request.args, self.request.delivery_info["priority"]]
+    if variant == "unencodable":
+        raise self.retry(args=[object()], countdown=0)
+    if variant == "no-args":
+        raise self.retry(args=[], kwargs={"variant": "kw"}, countdown=0)
+    raise self.retry(priority=None, countdown=0)
