@@ -65,10 +65,6 @@ def check_compression(name: str, *, option: str = "compression") -> None:
         ) from None
 
 
-def content_type_of(serializer: str) -> str:
-    return serialization.registry.name_to_type[serializer]
-
-
 def serializer_of(content_type: str) -> str:
     """The serializer name for a media type (``application/json`` -> ``json``)."""
     return serialization.registry.type_to_name[content_type]

@@ -130,10 +130,6 @@ class ThreadPool(Pool):
     def alive(self) -> bool:
         return any(th.is_alive() for th in self._threads.values())
 
-    def join(self, timeout: float | None = None) -> None:
-        for thread in self._threads.values():
-            thread.join(timeout)
-
     def kill(self) -> list[str]:
         self.config.stop.set()
         return self.lease_tokens()
