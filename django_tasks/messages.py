@@ -149,13 +149,18 @@ def decode_arguments(
     return list(args), kwargs
 
 
-def encode_result(value: Any) -> Any:
-    """Check that a return value can be stored as JSON; raise ``EncodeError`` if not."""
+def check_json(value: Any, what: str) -> Any:
+    """Return ``value`` if it can be stored as JSON; else ``EncodeError`` naming ``what``."""
     try:
         kombu_json.dumps(value)
     except Exception as exc:
-        raise EncodeError(f"the return value cannot be stored as JSON: {exc}") from exc
+        raise EncodeError(f"{what} cannot be stored as JSON: {exc}") from exc
     return value
+
+
+def encode_result(value: Any) -> Any:
+    """Check that a return value can be stored as JSON; raise ``EncodeError`` if not."""
+    return check_json(value, "the return value")
 
 
 def json_round_trip(value: Any) -> Any:

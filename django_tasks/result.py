@@ -235,9 +235,7 @@ class EagerResult(AsyncResult):
         retries: int = 0,
     ) -> None:
         super().__init__(id, task_name)
-        self._state = state
-        self._result = result
-        self._traceback = traceback
+        self._result = result  # the value, or the exception instance itself
         now = dt.datetime.now(dt.UTC)
         self._row = {
             "task_id": id,
@@ -262,8 +260,7 @@ class EagerResult(AsyncResult):
 
     def take(self, other: EagerResult) -> None:
         """Become ``other`` (an eager run deferred to the transaction's commit)."""
-        self._state, self._result, self._traceback = other._state, other._result, other._traceback
-        self._row = other._row
+        self._result, self._row = other._result, other._row
 
     def _fetch(self) -> dict[str, Any] | None:
         return self._row
@@ -284,7 +281,7 @@ class EagerResult(AsyncResult):
     ) -> Any:
         if on_message is not None:
             on_message(_meta(self._row))
-        if self._state in states.PROPAGATE_STATES and propagate:
+        if self._row["state"] in states.PROPAGATE_STATES and propagate:
             raise self._result
         return self._result
 

@@ -24,6 +24,7 @@ from .exceptions import ImproperlyConfiguredTask, MaxRetriesExceededError, Retry
 from .messages import (
     EncodedArguments,
     check_compression,
+    check_json,
     check_serializer,
     encode_arguments,
     json_round_trip,
@@ -438,7 +439,7 @@ class Task(Generic[P, R]):
         if encoded.compression:
             extra["compression"] = encoded.compression
         if extra:
-            encode_arguments([], extra, serializer="json", compression=None, task_name=self.name)
+            check_json(extra, f"{where}: headers and links")
         owner = options.get("owner")
         owner_id = getattr(owner, "pk", owner) if owner is not None else None
         return OutgoingTask(
