@@ -9,7 +9,14 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from .conf import DEFAULTS, SETTINGS_NAME, tasks_settings
 from .messages import accepted_content_types, check_compression, check_serializer
 
-BOOLEAN_KEYS = ("TASK_PUBLISH_RETRY", "TASK_TRACK_STARTED", "TASK_ACKS_LATE", "TASK_ALWAYS_EAGER")
+BOOLEAN_KEYS = (
+    "TASK_PUBLISH_RETRY",
+    "TASK_TRACK_STARTED",
+    "TASK_ACKS_LATE",
+    "TASK_ALWAYS_EAGER",
+    "API_EXPOSE_ARGUMENTS",
+    "API_EXPOSE_TRACEBACKS",
+)
 PICKLE_TYPE = "application/x-python-serialize"
 
 
@@ -63,7 +70,11 @@ def _check_values() -> list[CheckMessage]:
                 raise ValueError("the database transport takes no host or path: use 'django://'")
         except ValueError as exc:
             errors.append(_error("BROKER_URL", str(exc), "Use 'django://'.", 2))
+        else:
+            errors.extend(_check_broker_client(url))
     errors.extend(_check_database(url))
+    if not isinstance(s.BROKER_TRANSPORT_OPTIONS, dict):
+        errors.append(_error("BROKER_TRANSPORT_OPTIONS", "must be a dict", "", 18))
     if not isinstance(s.TASK_DEFAULT_QUEUE, str) or not s.TASK_DEFAULT_QUEUE:
         errors.append(_error("TASK_DEFAULT_QUEUE", "must be a non-empty string", "", 3))
     try:
@@ -146,36 +157,49 @@ def _check_values() -> list[CheckMessage]:
         errors.append(
             _error("WORKER_PREFETCH_MAX", f"must be an integer >= 1, not {prefetch!r}", "", 13)
         )
+    errors.extend(_check_api())
     return errors
 
 
-@register(Tags.compatibility)
-def check_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Declared options this version accepts but does not act on yet."""
-    from .registry import tasks_registry
+def _check_api() -> list[CheckMessage]:
+    from django.utils.module_loading import import_string
 
-    limited = sorted(
-        name
-        for name, task in tasks_registry.items()
-        if task.time_limit is not None or task.soft_time_limit is not None
-    )
-    if not limited:
-        return []
-    return [
-        Warning(
-            f"time_limit / soft_time_limit are not enforced by this version of django_tasks; "
-            f"these tasks declare them: {', '.join(limited)}",
-            hint="They are validated and stored; a later version enforces them.",
-            id="django_tasks.W002",
+    s = tasks_settings
+    errors: list[CheckMessage] = []
+    classes = s.API_PERMISSION_CLASSES
+    if not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes):
+        errors.append(
+            _error(
+                "API_PERMISSION_CLASSES",
+                "must be a list of import strings of DRF permission classes",
+                "For example ['django_tasks.api.permissions.IsOwnerOrStaff'].",
+                15,
+            )
         )
-    ]
+    else:
+        for path in classes:
+            try:
+                import_string(path)
+            except ImportError as exc:
+                errors.append(
+                    _error("API_PERMISSION_CLASSES", f"cannot import {path!r}: {exc}", "", 15)
+                )
+    size = s.API_PAGE_SIZE
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        errors.append(_error("API_PAGE_SIZE", f"must be an integer >= 1, not {size!r}", "", 16))
+    wait = s.API_MAX_WAIT
+    if not isinstance(wait, int | float) or isinstance(wait, bool) or wait < 0:
+        errors.append(
+            _error("API_MAX_WAIT", f"must be a number of seconds (>= 0), not {wait!r}", "", 17)
+        )
+    return errors
 
 
 def _check_database(url: Any) -> list[CheckMessage]:
     """The database transport's own needs of the database (without connecting)."""
     from django.db import connection
 
-    if url != "django://" or connection.vendor != "sqlite":
+    if connection.vendor != "sqlite":
         return []
     version = connection.Database.sqlite_version_info
     if version < (3, 35):
@@ -188,6 +212,26 @@ def _check_database(url: Any) -> list[CheckMessage]:
                 14,
             )
         ]
+    return []
+
+
+def _check_broker_client(url: str) -> list[CheckMessage]:
+    """A broker URL whose kombu transport cannot load its client library (e.g. ``redis``)."""
+    if url.startswith("django://"):
+        return []
+    from kombu import Connection
+
+    try:
+        transport = Connection(url).transport
+        transport.driver_version()
+    except ImportError as exc:
+        extra = "redis" if url.startswith(("redis", "rediss", "sentinel")) else None
+        hint = f"pip install 'django-kombu-tasks[{extra}]'" if extra else "Install its client."
+        return [
+            _error("BROKER_URL", f"kombu cannot load the transport for {url!r}: {exc}", hint, 19)
+        ]
+    except Exception:
+        return []  # a version we cannot read is not a reason to refuse the URL
     return []
 
 

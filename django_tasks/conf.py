@@ -32,12 +32,20 @@ DEFAULTS: dict[str, Any] = {
     "TASK_ACKS_LATE": False,
     "TASK_ALWAYS_EAGER": False,
     "TASK_ROUTES": {},
+    # kombu's transport_options for broker URLs (e.g. Redis's visibility_timeout).
+    "BROKER_TRANSPORT_OPTIONS": {},
     "RESULT_EXPIRES": 86400,
     # Worker tuning, beyond Celery's names.
     "WORKER_LEASE_SECONDS": 30.0,
     # None: 1 s where LISTEN/NOTIFY wakes workers (PostgreSQL), 0.1 s elsewhere.
     "WORKER_POLL_INTERVAL": None,
     "WORKER_PREFETCH_MAX": 64,
+    # The HTTP API (django_tasks.urls).
+    "API_PERMISSION_CLASSES": ["django_tasks.api.permissions.IsOwnerOrStaff"],
+    "API_EXPOSE_ARGUMENTS": False,  # show args/kwargs to the owner, not only to staff
+    "API_EXPOSE_TRACEBACKS": False,  # show tracebacks to the owner, not only to staff
+    "API_PAGE_SIZE": 50,
+    "API_MAX_WAIT": 30,  # the cap on ?wait=N (seconds)
 }
 
 

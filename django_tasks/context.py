@@ -28,6 +28,8 @@ class Request:
     ignore_result: bool = False
     #: Set by ``retry(throw=False)``: the retry to schedule when the task returns.
     pending_retry: Any = None
+    #: The stored row's primary key, in a worker (saves ``update_state`` a lookup).
+    row_pk: int | None = None
 
 
 _local = threading.local()

@@ -9,8 +9,10 @@ __all__ = [
     "NotRegistered",
     "OperationalError",
     "Retry",
+    "SoftTimeLimitExceeded",
     "TaskError",
     "TaskRevokedError",
+    "TimeLimitExceeded",
     "TimeoutError",
     "WorkerLostError",
 ]
@@ -45,6 +47,14 @@ class MaxRetriesExceededError(TaskError):
 
 class WorkerLostError(Exception):
     """The worker running the task died before recording its outcome."""
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a task when its ``soft_time_limit`` runs out; the task may catch it."""
+
+
+class TimeLimitExceeded(Exception):
+    """The task ran past its ``time_limit`` (hard) and was stopped."""
 
 
 class Retry(Exception):

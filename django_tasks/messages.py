@@ -65,6 +65,11 @@ def check_compression(name: str, *, option: str = "compression") -> None:
         ) from None
 
 
+def compression_content_type(name: str) -> str:
+    """The media type kombu puts in a message's ``compression`` header for ``name``."""
+    return kombu_compression.get_encoder(name)[1]
+
+
 def serializer_of(content_type: str) -> str:
     """The serializer name for a media type (``application/json`` -> ``json``)."""
     return serialization.registry.type_to_name[content_type]

@@ -8,12 +8,13 @@ initial ``PENDING`` is implied by ``date_created`` so that sending stays one sta
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Count, Min, Q
 from kombu.utils.json import JSONEncoder as KombuJSONEncoder
 from kombu.utils.json import object_hook as kombu_object_hook
 
@@ -58,15 +59,46 @@ class TaskResultQuerySet(models.QuerySet["TaskResult"]):
     def leased_until_before(self, when: Any) -> TaskResultQuerySet:
         return self.filter(lease_token__isnull=False, lease_expires__lt=when)
 
+    def visible_to(self, user: Any) -> TaskResultQuerySet:
+        """What ``user`` may read: everything for staff, their own results for others."""
+        if getattr(user, "is_staff", False):
+            return self
+        if not getattr(user, "is_authenticated", False):
+            return self.none()
+        return self.filter(owner_id=user.pk)
+
+    def queue_overview(self, now: dt.datetime) -> list[dict[str, Any]]:
+        """Per queue: ``due``, ``scheduled``, ``running``, ``failed``/``succeeded`` in the
+        last hour, and ``oldest_due`` (the earliest ``run_after`` of a due task), in one query.
+
+        Reads only unfinished rows and rows finished in the last hour (``date_done`` index).
+        """
+        hour_ago = now - dt.timedelta(hours=1)
+        waiting = Q(state__in=CLAIMABLE_STATES, lease_token__isnull=True)
+        due = waiting & Q(run_after__lte=now)
+        recent = Q(date_done__gte=hour_ago)
+        rows = (
+            self.filter(Q(date_done__isnull=True) | recent)
+            .order_by("queue")
+            .values("queue")
+            .annotate(
+                due=Count("pk", filter=due),
+                scheduled=Count("pk", filter=waiting & Q(run_after__gt=now)),
+                running=Count("pk", filter=Q(lease_token__isnull=False, date_done__isnull=True)),
+                failed=Count("pk", filter=recent & Q(state=states.FAILURE)),
+                succeeded=Count("pk", filter=recent & Q(state=states.SUCCESS)),
+                oldest_due=Min("run_after", filter=due),
+            )
+        )
+        return list(rows)
+
 
 class TaskResult(models.Model):
     """A task: what to run, where it is in its life, and its outcome."""
 
     task_id = models.CharField("task id", max_length=255, unique=True)
-    task_name = models.CharField("task name", max_length=255, db_index=True)
-    state = models.CharField(
-        max_length=50, default=states.PENDING, choices=STATE_CHOICES, db_index=True
-    )
+    task_name = models.CharField("task name", max_length=255)
+    state = models.CharField(max_length=50, default=states.PENDING, choices=STATE_CHOICES)
     queue = models.CharField(max_length=255, default="default")
     priority = models.SmallIntegerField(default=0, help_text="Higher runs first.")
     # Arguments: in ``args``/``kwargs`` for plain JSON, else encoded in ``body``.
@@ -88,12 +120,27 @@ class TaskResult(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    date_created = models.DateTimeField("created", db_index=True)
+    rerun_of = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="reruns",
+        verbose_name="re-run of",
+        help_text="The task this one re-runs (the admin's re-run action).",
+    )
+    date_created = models.DateTimeField("created")
     run_after = models.DateTimeField("run after", help_text="Not run before this time (eta).")
     expires = models.DateTimeField(null=True, blank=True)
     date_started = models.DateTimeField("started", null=True, blank=True)
     date_done = models.DateTimeField("done", null=True, blank=True, db_index=True)
     revoked = models.BooleanField(default=False, help_text="Revoke requested while running.")
+    terminate_signal = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="revoke(terminate=True): the signal to stop it with."
+    )
+    # Broker transports: a message for this waiting task is with the broker. Rows that wait
+    # without one (countdown/eta, retries, the on-commit outbox) are published by the relay.
+    dispatched = models.BooleanField(default=False, editable=False)
     # NULL, not "", marks an unleased row: the claim index is partial on it.
     lease_token = models.CharField(max_length=32, null=True, blank=True, editable=False)  # noqa: DJ001
     lease_expires = models.DateTimeField(null=True, blank=True, editable=False)
@@ -116,6 +163,18 @@ class TaskResult(models.Model):
                 condition=Q(lease_token__isnull=False),
                 name="django_tasks_lease_idx",
             ),
+            # Waiting tasks a broker transport's relay publishes when due.
+            models.Index(
+                fields=["run_after"],
+                condition=Q(state__in=CLAIMABLE_STATES, lease_token__isnull=True, dispatched=False),
+                name="django_tasks_relay_idx",
+            ),
+            # The admin's list and the API's list: newest first, whole or filtered by state,
+            # task name or queue (each also serves equality lookups on its first column).
+            models.Index(fields=["-date_created", "-id"], name="django_tasks_created_idx"),
+            models.Index(fields=["state", "-date_created"], name="django_tasks_state_idx"),
+            models.Index(fields=["task_name", "-date_created"], name="django_tasks_name_idx"),
+            models.Index(fields=["queue", "-date_created"], name="django_tasks_queue_idx"),
             # Waiting tasks that expire.
             models.Index(
                 fields=["expires"],
@@ -149,6 +208,9 @@ class TaskStateChange(models.Model):
     at = models.DateTimeField()
     worker = models.CharField(max_length=255, blank=True, default="")
     detail = models.TextField(blank=True, default="")
+    #: What ``on_message`` reports as ``result`` for this change: a custom state's meta,
+    #: a retry's exception. Ready states read their result from the task row.
+    meta = _json_field()
 
     class Meta:
         verbose_name = "state change"

@@ -154,17 +154,18 @@ class AsyncResult:
         forget(self.id)
         self._row = None
 
-    def revoke(self, terminate: bool = False, signal: str | None = None) -> bool:
+    def revoke(self, terminate: bool = False, signal: str | int | None = None) -> bool:
         """Make sure the task never starts; ``REVOKED`` is stored durably.
 
-        A task no worker has started yet is never run. ``terminate`` is not supported yet:
-        a task already running finishes.
+        A task no worker has started yet is never run. With ``terminate=True`` a task already
+        running under a prefork worker is stopped: the worker sends ``signal`` (default
+        ``SIGTERM``; a name such as ``"SIGKILL"`` or ``"KILL"``, or a number) to the process
+        running it, and the task ends ``REVOKED``. Other pools cannot stop a running task.
         """
         from .results import revoke
 
-        if terminate:
-            raise NotImplementedError("revoke(terminate=True) is not supported yet")
-        done = revoke(self.id)
+        signum = signal_number(signal) if terminate else None
+        done = revoke(self.id, terminate_signal=signum)
         self._row = None
         return done
 
@@ -194,14 +195,13 @@ class AsyncResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         waiter = _waiter()
         sleep = min(FIRST_POLL_INTERVAL, interval)
-        last_seen: tuple[str, Any] | None = None
+        history = _HistoryReader(self) if on_message is not None else None
         while True:
             row = self._fetch()
             state = row["state"] if row else states.PENDING
-            seen = (state, row["meta"]) if row else None
-            if on_message is not None and row is not None and seen != last_seen:
-                on_message(_meta(row))
-            last_seen = seen
+            if history is not None and row is not None:
+                row = history.report(row, on_message)  # type: ignore[arg-type]
+                state = row["state"]
             if state in states.READY_STATES:
                 return self._outcome_for_get(row, propagate)
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -294,6 +294,27 @@ class EagerResult(AsyncResult):
         return False
 
 
+def signal_number(value: str | int | None) -> int:
+    """``revoke(signal=...)`` as a signal number: ``None`` is ``SIGTERM`` (Celery's default);
+    names with or without ``SIG`` (``"SIGKILL"``, ``"KILL"``) and numbers are accepted."""
+    import signal as signals
+
+    if value is None:
+        return int(signals.SIGTERM)
+    try:
+        if isinstance(value, str):
+            name = value.upper()
+            return int(signals.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+        if isinstance(value, int) and not isinstance(value, bool):
+            return int(signals.Signals(value))
+    except (KeyError, ValueError):
+        pass
+    raise ValueError(
+        f"revoke(): unknown signal {value!r}; give a name such as 'SIGTERM' or 'KILL', "
+        f"or a signal number"
+    )
+
+
 def _outcome(row: dict[str, Any] | None) -> Any:
     if row is None:
         return None
@@ -318,6 +339,45 @@ def _meta(row: dict[str, Any]) -> dict[str, Any]:
         "traceback": row["traceback"],
         "date_done": row["date_done"],
     }
+
+
+class _HistoryReader:
+    """Feeds ``on_message`` one meta per stored state change, oldest first, none twice."""
+
+    def __init__(self, result: AsyncResult) -> None:
+        self.result = result
+        self.last_id = 0
+
+    def report(
+        self, row: dict[str, Any], on_message: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        """Call ``on_message`` for the changes stored since the last call; return the row,
+        re-read if the history has moved past it (both are written in one transaction)."""
+        from .models import TaskStateChange
+
+        changes = list(
+            TaskStateChange.objects.filter(task__task_id=self.result.id, id__gt=self.last_id)
+            .order_by("id")
+            .values_list("id", "state", "meta")
+        )
+        if changes and changes[-1][1] in states.READY_STATES and row["state"] != changes[-1][1]:
+            self.result._row = None
+            row = self.result._fetch() or row
+        for change_id, state, meta in changes:
+            self.last_id = change_id
+            if state in states.READY_STATES and state == row["state"]:
+                on_message(_meta(row))
+            else:
+                on_message(
+                    {
+                        "task_id": self.result.id,
+                        "status": state,
+                        "result": meta,
+                        "traceback": None,
+                        "date_done": None,
+                    }
+                )
+        return row
 
 
 class _PollingWaiter:
@@ -347,6 +407,40 @@ class _NotifyWaiter:
 
 
 _local = threading.local()
+
+#: The columns whose change wakes :func:`wait_for_change` (what a NOTIFY is sent for).
+CHANGE_FIELDS = ("state", "meta", "retries", "date_done")
+
+
+def change_marker(task_id: str) -> tuple[Any, ...] | None:
+    """What :func:`wait_for_change` compares: the task's state, meta, retries and date_done."""
+    from .sql import fetch_by_task_id
+
+    row = fetch_by_task_id(task_id, CHANGE_FIELDS)
+    return None if row is None else tuple(row[name] for name in CHANGE_FIELDS)
+
+
+def wait_for_change(
+    task_id: str, seen: tuple[Any, ...] | None, timeout: float, interval: float = 1.0
+) -> bool:
+    """Block up to ``timeout`` seconds until :func:`change_marker` differs from ``seen``.
+
+    Uses the same wake-up as ``get(on_message=...)``: PostgreSQL notifications where the
+    transport has them, polling with backoff up to ``interval`` elsewhere. Closes this
+    thread's LISTEN connection before returning, so request threads do not keep one each.
+    Returns True if the task changed.
+    """
+    deadline = time.monotonic() + timeout
+    pause = min(FIRST_POLL_INTERVAL * 10, interval)
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            _waiter().wait(task_id, min(pause, remaining))
+            if change_marker(task_id) != seen:
+                return True
+            pause = min(pause * 2, interval)
+        return False
+    finally:
+        close_waiter()
 
 
 def close_waiter() -> None:

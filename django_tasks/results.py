@@ -24,6 +24,7 @@ from .models import CLAIMABLE_STATES, TaskResult, TaskStateChange
 logger = logging.getLogger("django_tasks.results")
 
 LEASE_RELEASED = {"lease_token": None, "lease_expires": None}
+READY = sorted(states.READY_STATES)
 
 
 @dataclass(slots=True)
@@ -111,10 +112,27 @@ def _record(
             recorded += doomed.delete()[1].get(TaskResult._meta.label, 0)
         if applied:
             TaskStateChange.objects.bulk_create(
-                TaskStateChange(task_id=c.pk, state=c.state, at=now, worker=worker, detail=c.detail)
+                TaskStateChange(
+                    task_id=c.pk,
+                    state=c.state,
+                    at=now,
+                    worker=worker,
+                    detail=c.detail,
+                    meta=history_meta(c),
+                )
                 for c in applied
             )
     return recorded + len(applied)
+
+
+def history_meta(change: StateChange) -> Any:
+    """What a history row keeps for ``on_message``: a retry's exception, a custom state's
+    meta. Ready states keep nothing here (the task row has their result)."""
+    if change.state == states.RETRY:
+        return change.fields.get("result")
+    if change.state not in states.READY_STATES:
+        return change.fields.get("meta")
+    return None
 
 
 def _update_and_log(
@@ -124,28 +142,37 @@ def _update_and_log(
     lease_token: str | None,
     worker: str,
     now: Any,
+    *,
+    unfinished_only: bool = False,
 ) -> int:
     """PostgreSQL: update the rows and insert their history rows in one statement.
 
     ``UPDATE … RETURNING`` feeds the history ``INSERT``, so only rows still leased under
-    ``lease_token`` get history, and the count says exactly how many changed.
+    ``lease_token`` (and, with ``unfinished_only``, not in a ready state) get history, and
+    the count says exactly how many changed.
     """
     fields = [TaskResult._meta.get_field(name) for name in ("state", *names)]
     qn = connection.ops.quote_name
     columns = [qn(f.column) for f in fields]
-    row = ", ".join(["%s::bigint", *(f"%s::{f.db_type(connection)}" for f in fields), "%s::text"])
+    meta_field = TaskStateChange._meta.get_field("meta")
+    row = ", ".join(
+        ["%s::bigint", *(f"%s::{f.db_type(connection)}" for f in fields), "%s::text", "%s::jsonb"]
+    )
     assignments = [f"{c} = v.{c}" for c in columns]
     if not keep_lease:
         assignments.append("lease_token = NULL, lease_expires = NULL")
     history = TaskStateChange._meta.db_table
+    ready_marks = ", ".join(["%s"] * len(READY))
+    unfinished = f" AND t.state NOT IN ({ready_marks})" if unfinished_only else ""
     sql = (
-        f"WITH v (id, {', '.join(columns)}, detail) AS (VALUES "
+        f"WITH v (id, {', '.join(columns)}, detail, history_meta) AS (VALUES "
         f"{', '.join([f'({row})'] * len(group))}), "
         f"u AS (UPDATE {qn(TaskResult._meta.db_table)} AS t SET {', '.join(assignments)} "
-        f"FROM v WHERE t.id = v.id{' AND t.lease_token = %s' if lease_token else ''} "
+        f"FROM v WHERE t.id = v.id{' AND t.lease_token = %s' if lease_token else ''}"
+        f"{unfinished} "
         f"RETURNING t.id) "
-        f"INSERT INTO {qn(history)} (task_id, state, at, worker, detail) "
-        f"SELECT u.id, v.state, %s, %s, v.detail FROM u JOIN v ON v.id = u.id"
+        f"INSERT INTO {qn(history)} (task_id, state, at, worker, detail, meta) "
+        f"SELECT u.id, v.state, %s, %s, v.detail, v.history_meta FROM u JOIN v ON v.id = u.id"
     )
     params: list[Any] = []
     for change in group:
@@ -155,8 +182,11 @@ def _update_and_log(
             f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)
         )
         params.append(change.detail)
+        params.append(meta_field.get_db_prep_save(history_meta(change), connection))
     if lease_token:
         params.append(lease_token)
+    if unfinished_only:
+        params.extend(READY)
     params.extend([now, worker])
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -210,29 +240,43 @@ def _update_each(
 
 
 def store_custom_state(
-    task_id: str, state: str, meta: dict[str, Any] | None, worker: str | None = None
+    task_id: str,
+    state: str,
+    meta: dict[str, Any] | None,
+    worker: str | None = None,
+    *,
+    pk: int | None = None,
 ) -> None:
-    """Store a state of the task's own choosing (``update_state``) with its meta."""
+    """Store a state of the task's own choosing (``update_state``) with its meta.
+
+    ``pk`` (the row's key, known to the running task) saves looking it up by ``task_id``.
+    On PostgreSQL it is one statement, so a task can report progress often.
+    """
     if state in states.READY_STATES:
         raise ValueError(
             f"update_state(): {state!r} is a ready state; return or raise from the task instead"
         )
-    pk = TaskResult.objects.filter(task_id=task_id).values_list("pk", flat=True).first()
+    if pk is None:
+        pk = TaskResult.objects.filter(task_id=task_id).values_list("pk", flat=True).first()
     if pk is None:
         raise ValueError(f"update_state(): no task with id {task_id!r} is stored")
-    unfinished = ~Q(state__in=states.READY_STATES)
-    if not record_states(
-        [StateChange(pk, state, {"meta": meta}, keep_lease=True)],
-        worker=worker or "",
-        guard=unfinished,
-    ):
+    change = StateChange(pk, state, {"meta": meta}, keep_lease=True)
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        applied = _update_and_log(
+            [change], ("meta",), True, None, worker or "", timezone.now(), unfinished_only=True
+        )
+    else:
+        unfinished = ~Q(state__in=states.READY_STATES)
+        applied = record_states([change], worker=worker or "", guard=unfinished)
+    if not applied:
         raise ValueError(f"update_state(): task {task_id!r} has already finished")
 
 
-def revoke(task_id: str, *, reason: str = "revoked") -> bool:
+def revoke(task_id: str, *, reason: str = "revoked", terminate_signal: int | None = None) -> bool:
     """Revoke a task: a waiting one becomes ``REVOKED`` now; a claimed one is marked.
 
-    Returns False for an id that is not stored or already finished.
+    With ``terminate_signal``, a prefork worker running the task sends that signal to the
+    process running it. Returns False for an id that is not stored or already finished.
     """
     row = TaskResult.objects.filter(task_id=task_id).values("pk", "state").first()
     if row is None or row["state"] in states.READY_STATES:
@@ -245,7 +289,7 @@ def revoke(task_id: str, *, reason: str = "revoked") -> bool:
     return bool(
         TaskResult.objects.filter(pk=row["pk"])
         .exclude(state__in=states.READY_STATES)
-        .update(revoked=True)
+        .update(revoked=True, terminate_signal=terminate_signal)
     )
 
 
@@ -267,3 +311,59 @@ def revoked_change(pk: int, reason: str, now: dt.datetime) -> StateChange:
 def forget(task_id: str) -> None:
     """Delete a task's stored result and history."""
     TaskResult.objects.filter(task_id=task_id).delete()
+
+
+def rerun(original: TaskResult) -> Any:
+    """Send a new task with ``original``'s name, arguments, queue, priority and owner.
+
+    The new row records ``rerun_of = original``. Returns its ``AsyncResult``; raises
+    :class:`~django_tasks.exceptions.NotRegistered` for a task this process does not know,
+    and ``DecodeError``/``ContentDisallowed`` for arguments it cannot decode.
+    """
+    from .conf import tasks_settings
+    from .messages import accepted_content_types, decode_arguments
+    from .registry import tasks_registry
+
+    task = tasks_registry.get_task(original.task_name)
+    options = original.options or {}
+    args, kwargs = decode_arguments(
+        original.args,
+        original.kwargs,
+        original.body,
+        original.content_type,
+        options.get("compression"),
+        accepted_content_types(list(tasks_settings.ACCEPT_CONTENT)),
+    )
+    call: dict[str, Any] = {"queue": original.queue, "priority": original.priority}
+    if original.owner_id is not None:
+        call["owner"] = original.owner_id
+    for option in ("headers", "link", "link_error", "ignore_result"):
+        if options.get(option):
+            call[option] = options[option]
+    result = task.apply_async(args, kwargs, **call)
+    # Sending stays one INSERT; the link is a second, separate write.
+    TaskResult.objects.filter(task_id=result.id).update(rerun_of=original)
+    return result
+
+
+def finished_before(cutoff: dt.datetime) -> Any:
+    """Finished (ready) results whose ``date_done`` is before ``cutoff``."""
+    return TaskResult.objects.ready().filter(date_done__lt=cutoff)
+
+
+def purge_finished(older_than: dt.timedelta, *, batch_size: int = 1000) -> int:
+    """Delete finished results (and their history) done more than ``older_than`` ago.
+
+    Unfinished tasks are never touched. Deletes in batches of ``batch_size`` rows, each in
+    its own transaction, so a large purge never holds long locks. Returns how many rows went.
+    """
+    cutoff = timezone.now() - older_than
+    deleted = 0
+    while True:
+        pks = list(finished_before(cutoff).order_by().values_list("pk", flat=True)[:batch_size])
+        if not pks:
+            return deleted
+        with transaction.atomic():
+            # History rows go with one DELETE and re-runs lose their link with one UPDATE.
+            counts = TaskResult.objects.filter(pk__in=pks).only("pk").delete()[1]
+        deleted += counts.get(TaskResult._meta.label, 0)

@@ -36,6 +36,7 @@ INSERT_FIELDS = (
     "run_after",
     "expires",
     "revoked",
+    "dispatched",
 )
 
 #: Python-side touches beyond Django's converters, by column.

@@ -363,9 +363,7 @@ class Task(Generic[P, R]):
         retry = tasks_settings.TASK_PUBLISH_RETRY if retry is None else bool(retry)
         policy = check_retry_policy(where, options.get("retry_policy") or {})
         if options.get("on_commit"):
-            transaction.on_commit(
-                functools.partial(transport.send, outgoing, retry=retry, retry_policy=policy)
-            )
+            transport.send_on_commit(outgoing, retry=retry, retry_policy=policy)
         else:
             transport.send(outgoing, retry=retry, retry_policy=policy)
         ignore_result = bool(outgoing.options and outgoing.options.get("ignore_result"))
@@ -609,12 +607,20 @@ class Task(Generic[P, R]):
         """Store a state (e.g. ``"PROGRESS"``) and its meta for this task, for pollers."""
         from .results import store_custom_state
 
-        task_id = task_id or self.request.id
+        request = self.request
+        own = task_id is None or task_id == request.id
+        task_id = task_id or request.id
         if not task_id:
             raise RuntimeError(f"{self.name}.update_state(): no task id (not running as a task)")
-        if self.request.is_eager:
+        if request.is_eager:
             return
-        store_custom_state(task_id, state or states.PENDING, meta, worker=self.request.hostname)
+        store_custom_state(
+            task_id,
+            state or states.PENDING,
+            meta,
+            worker=request.hostname,
+            pk=request.row_pk if own else None,
+        )
 
     # -- signatures and results ---------------------------------------------------------------
 

@@ -1,0 +1,50 @@
+"""``manage.py purge_results``: delete finished results older than N days (for cron/timers)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+
+from django_tasks.conf import tasks_settings
+from django_tasks.results import finished_before, purge_finished
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete finished results (SUCCESS, FAILURE, REVOKED) and their history, done more "
+        "than --older-than days ago (default: RESULT_EXPIRES). Unfinished tasks are kept."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--older-than",
+            type=float,
+            default=None,
+            metavar="DAYS",
+            help="Age in days (fractions allowed); default: DJANGO_TASKS['RESULT_EXPIRES'].",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Only count what would be deleted."
+        )
+
+    def handle(self, *args: Any, older_than: float | None, dry_run: bool, **options: Any) -> None:
+        if older_than is None:
+            expires = tasks_settings.RESULT_EXPIRES
+            if expires is None:
+                raise CommandError(
+                    "RESULT_EXPIRES is None (keep results forever): give --older-than DAYS"
+                )
+            age = dt.timedelta(seconds=expires)
+        elif older_than < 0:
+            raise CommandError("--older-than must be >= 0 days")
+        else:
+            age = dt.timedelta(days=older_than)
+        if dry_run:
+            count = finished_before(timezone.now() - age).count()
+            self.stdout.write(f"Would delete {count} finished result(s) older than {age}.")
+            return
+        deleted = purge_finished(age)
+        self.stdout.write(f"Deleted {deleted} finished result(s) older than {age}.")
