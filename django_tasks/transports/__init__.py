@@ -1,10 +1,12 @@
 """Transports: how a task travels from ``apply_async`` to a worker.
 
-``django://`` (the default) is the Django database transport.
+``django://`` (the default) is the Django database transport; ``amqp://``, ``redis://`` and
+kombu's other URLs are broker transports, with results still in the database.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from urllib.parse import urlsplit
 
@@ -25,12 +27,27 @@ def transport_class_for(url: str) -> type[Transport]:
         return DatabaseTransport
     from kombu.transport import TRANSPORT_ALIASES
 
-    if scheme in TRANSPORT_ALIASES or scheme in ("amqps", "rediss"):
-        raise ValueError(
-            f"BROKER_URL scheme {scheme!r} is a kombu transport, which this version "
-            f"does not support yet; use 'django://'"
-        )
-    raise ValueError(f"BROKER_URL scheme {scheme!r} is unknown; use 'django://'")
+    if scheme in TRANSPORT_ALIASES or scheme in ("amqps", "rediss", "sentinel"):
+        from .broker import BrokerTransport
+
+        return BrokerTransport
+    raise ValueError(
+        f"BROKER_URL scheme {scheme!r} is unknown; use 'django://' or a kombu URL "
+        f"such as 'amqp://' or 'redis://'"
+    )
+
+
+def _forget_inherited_transport() -> None:
+    """In a forked child, drop (without closing) the parent's broker connections: closing
+    them here would close the parent's sessions too."""
+    transport = getattr(_local, "transport", None)
+    if transport is not None:
+        _inherited.append(transport)
+        _local.transport = None
+
+
+_inherited: list[Transport] = []
+os.register_at_fork(after_in_child=_forget_inherited_transport)
 
 
 def get_transport() -> Transport:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,8 @@ class ClaimedTask:
     expires: dt.datetime | None
     revoked: bool
     owner_id: Any
+    #: The broker message it came in, while it is still to be acknowledged (broker transports).
+    delivery: Any = None
 
 
 class Transport(abc.ABC):
@@ -48,6 +51,16 @@ class Transport(abc.ABC):
     def send(self, outgoing: OutgoingTask, *, retry: bool, retry_policy: dict[str, Any]) -> None:
         """Store or publish one task; retry per ``retry_policy`` on connection errors."""
 
+    def send_on_commit(
+        self, outgoing: OutgoingTask, *, retry: bool, retry_policy: dict[str, Any]
+    ) -> None:
+        """Send ``outgoing`` when the current transaction commits (at once outside one)."""
+        from django.db import transaction
+
+        transaction.on_commit(
+            functools.partial(self.send, outgoing, retry=retry, retry_policy=retry_policy)
+        )
+
     @abc.abstractmethod
     def claim(
         self, queues: list[str], limit: int, *, lease_token: str, lease_seconds: float, worker: str
@@ -61,6 +74,20 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def release(self, lease_token: str, pks: list[int]) -> int:
         """Give back claimed tasks that were never started, for another worker to run."""
+
+    def release_claimed(self, lease_token: str, claimed: list[ClaimedTask]) -> int:
+        """Give back claimed tasks that were never started (warm shutdown)."""
+        return self.release(lease_token, [c.pk for c in claimed])
+
+    def settle(self, claimed: list[ClaimedTask]) -> None:  # noqa: B027 - optional hook
+        """Acknowledge what is still unacknowledged, once the outcomes are recorded."""
+
+    def relay(self) -> float | None:
+        """Publish waiting tasks that are due but not with the broker yet (broker transports).
+
+        Returns the seconds until the next one is due, or None when there is nothing to relay.
+        """
+        return None
 
     @abc.abstractmethod
     def recover_expired_leases(self) -> int:

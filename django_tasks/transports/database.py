@@ -71,7 +71,7 @@ def publish_delays(policy: dict[str, Any]):
 
 @dataclass(frozen=True, slots=True)
 class _Claim:
-    """What one claim asks for."""
+    """What one claim asks for: due tasks of ``queues``, or (broker transports) of ``task_ids``."""
 
     queues: list[str]
     limit: int
@@ -79,6 +79,7 @@ class _Claim:
     token: str
     lease_expires: dt.datetime
     worker: str
+    task_ids: list[str] | None = None
 
 
 class DatabaseTransport(Transport):
@@ -107,6 +108,15 @@ class DatabaseTransport(Transport):
     # -- sending ------------------------------------------------------------------------------
 
     def send(self, outgoing: Any, *, retry: bool, retry_policy: dict[str, Any]) -> None:
+        # The row is the message: nothing is left for a relay to publish.
+        self.insert_row(outgoing, dispatched=True, retry=retry, retry_policy=retry_policy)
+
+    def insert_row(
+        self, outgoing: Any, *, dispatched: bool, retry: bool, retry_policy: dict[str, Any]
+    ) -> None:
+        """Store ``outgoing`` as a ``PENDING`` row in one ``INSERT``, retrying per the policy
+        when the database is unreachable (``OperationalError`` naming the task when it stays so).
+        """
         encoded = outgoing.encoded
         values = {
             "task_id": outgoing.task_id,
@@ -126,6 +136,7 @@ class DatabaseTransport(Transport):
             "run_after": outgoing.run_after,
             "expires": outgoing.expires,
             "revoked": False,
+            "dispatched": dispatched,
         }
         sql, fields = insert_statement()
         params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
@@ -164,6 +175,25 @@ class DatabaseTransport(Transport):
         request = _Claim(
             queues, limit, now, lease_token, now + dt.timedelta(seconds=lease_seconds), worker
         )
+        return self._claim(request)
+
+    def claim_task_ids(
+        self, task_ids: list[str], *, lease_token: str, lease_seconds: float, worker: str
+    ) -> list[ClaimedTask]:
+        """Lease those of ``task_ids`` that are due and free (a broker delivered them)."""
+        now = timezone.now()
+        request = _Claim(
+            [],
+            len(task_ids),
+            now,
+            lease_token,
+            now + dt.timedelta(seconds=lease_seconds),
+            worker,
+            task_ids=task_ids,
+        )
+        return self._claim(request)
+
+    def _claim(self, request: _Claim) -> list[ClaimedTask]:
         if self.vendor in ("postgresql", "sqlite"):
             claimed = self._claim_returning(request)
         else:
@@ -175,13 +205,23 @@ class DatabaseTransport(Transport):
         """One ``UPDATE … WHERE id IN (SELECT … [FOR UPDATE SKIP LOCKED]) RETURNING``."""
         table = connection.ops.quote_name(TaskResult._meta.db_table)
         adapt = connection.ops.adapt_datetimefield_value
-        lock = " FOR UPDATE SKIP LOCKED" if self.vendor == "postgresql" else ""
-        queue_marks = ", ".join(["%s"] * len(c.queues))
+        if c.task_ids is None:
+            column, values, order = "queue", c.queues, "priority DESC, run_after, id"
+            lock = " FOR UPDATE SKIP LOCKED"
+        else:
+            # Rows a broker delivered: wait for a lock held by the relay that is publishing
+            # them (skipping would drop the delivery); lock in id order, so claimers of
+            # duplicate deliveries cannot deadlock.
+            column, values, order = "task_id", c.task_ids, "id"
+            lock = " FOR UPDATE"
+        if self.vendor != "postgresql":
+            lock = ""
+        marks = ", ".join(["%s"] * len(values))
         sql = (
             f"UPDATE {table} SET lease_token = %s, lease_expires = %s, worker = %s, "
             f"date_started = %s WHERE id IN (SELECT id FROM {table} "
-            f"WHERE state IN (%s, %s) AND lease_token IS NULL AND queue IN ({queue_marks}) "
-            f"AND run_after <= %s ORDER BY priority DESC, run_after, id LIMIT %s{lock}) "
+            f"WHERE state IN (%s, %s) AND lease_token IS NULL AND {column} IN ({marks}) "
+            f"AND run_after <= %s ORDER BY {order} LIMIT %s{lock}) "
             f"RETURNING {', '.join(CLAIM_COLUMNS)}"
         )
         params = [
@@ -190,7 +230,7 @@ class DatabaseTransport(Transport):
             c.worker,
             adapt(c.now),
             *CLAIMABLE_STATES,
-            *c.queues,
+            *values,
             adapt(c.now),
             c.limit,
         ]
@@ -204,10 +244,20 @@ class DatabaseTransport(Transport):
         """MySQL/MariaDB (no UPDATE … RETURNING): lock the rows, then lease them."""
         skip_locked = connection.features.has_select_for_update_skip_locked
         with transaction.atomic():
+            if c.task_ids is None:
+                waiting = TaskResult.objects.claimable(c.queues, c.now)
+            else:
+                skip_locked = False  # as on PostgreSQL: wait for the relay, in id order
+                waiting = TaskResult.objects.filter(
+                    task_id__in=c.task_ids,
+                    state__in=CLAIMABLE_STATES,
+                    lease_token__isnull=True,
+                    run_after__lte=c.now,
+                ).order_by("id")
             rows = list(
-                TaskResult.objects.claimable(c.queues, c.now)
-                .select_for_update(skip_locked=skip_locked)
-                .only(*[col for col in CLAIM_COLUMNS if col != "owner_id"], "owner")[: c.limit]
+                waiting.select_for_update(skip_locked=skip_locked).only(
+                    *[col for col in CLAIM_COLUMNS if col != "owner_id"], "owner"
+                )[: c.limit]
             )
             if rows:
                 TaskResult.objects.filter(pk__in=[r.pk for r in rows]).update(
@@ -261,7 +311,7 @@ class DatabaseTransport(Transport):
                 change = StateChange(
                     pk,
                     states.PENDING,
-                    {"date_started": None, "worker": ""},
+                    {"date_started": None, "worker": "", "dispatched": False},
                     detail=f"worker {worker} lost; queued again (acks_late)",
                 )
             else:
