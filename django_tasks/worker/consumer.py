@@ -19,6 +19,7 @@ from ..conf import tasks_settings
 from ..results import record_states
 from ..transports import ClaimedTask, get_transport
 from .execution import ExecutionContext, Outcome, execute, run_followups
+from .limits import Enforcer, enforcer_for_this_thread
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -26,6 +27,8 @@ logger = logging.getLogger("django_tasks.worker")
 BATCH_WINDOW = 0.05
 #: Outcomes waiting longer than this are written before the next task starts.
 FLUSH_AFTER = 0.02
+#: A burst on a broker transport waits this long for the messages of due tasks.
+BURST_PATIENCE = 5.0
 #: Claimed tasks held longer than this are checked for a revoke before they start.
 REVOKE_RECHECK_AFTER = 0.1
 
@@ -66,6 +69,7 @@ class Consumer:
         lease_token: str,
         stop: threading.Event,
         burst: bool = False,
+        enforcer: Enforcer | None = None,
     ) -> None:
         self.queues = queues
         self.hostname = hostname
@@ -76,10 +80,16 @@ class Consumer:
         self.lease_seconds = float(tasks_settings.WORKER_LEASE_SECONDS)
         self.poll_interval = self.transport.poll_interval
         self.prefetch_max = int(tasks_settings.WORKER_PREFETCH_MAX)
-        self.context = ExecutionContext.build(hostname, lease_token, tasks_settings.ACCEPT_CONTENT)
+        self.context = ExecutionContext.build(
+            hostname,
+            lease_token,
+            tasks_settings.ACCEPT_CONTENT,
+            enforcer or enforcer_for_this_thread(),
+        )
         self._seconds_per_task = BATCH_WINDOW / 4  # first claims take 4 tasks
         self.processed = 0
         self._next_due = 0.0  # monotonic time by which to look for due tasks again
+        self._burst_waiting_since: float | None = None
 
     def batch_size(self) -> int:
         return max(1, min(self.prefetch_max, math.ceil(BATCH_WINDOW / self._seconds_per_task)))
@@ -104,6 +114,8 @@ class Consumer:
     def step(self) -> bool:
         """One claim-run-record round, then wait if idle; True when a burst is done."""
         limit = self.batch_size()
+        if self.burst:
+            self.transport.relay()  # a worker's supervisor does this; burst runs alone
         ran = self.run_batch(limit)
         refresh_connections()
         # A short batch means the queue was drained. Where notifications wake us, go
@@ -113,7 +125,7 @@ class Consumer:
         if ran == limit or (ran and (self.burst or not notified)):
             return False
         if self.burst:
-            return True
+            return not self._burst_should_wait()
         now = time.monotonic()
         if ran and notified and now < self._next_due:
             # New and retried tasks notify us, so the due time we last computed still holds.
@@ -123,6 +135,24 @@ class Consumer:
             self._next_due = now + wait
         self.transport.wait_for_tasks(self.queues, wait)
         return False
+
+    def _burst_should_wait(self) -> bool:
+        """Whether a burst must wait for messages of due tasks still on their way to it
+        (broker transports); it gives up after ``BURST_PATIENCE`` seconds without any."""
+        if not self.transport.wakes_without_polling or not hasattr(self.transport, "has_due_rows"):
+            return False
+        if not self.transport.has_due_rows(self.queues):
+            return False
+        if self.transport.revoke_expired():
+            return True  # expired while waiting (a broker may have dropped the message)
+        now = time.monotonic()
+        if self._burst_waiting_since is None:
+            self._burst_waiting_since = now
+        elif now - self._burst_waiting_since > BURST_PATIENCE:
+            logger.warning("Burst: due tasks are in the database but no message came for them")
+            return False
+        self.transport.wait_for_tasks(self.queues, 0.05)
+        return True
 
     def recover_from(self, exc: DatabaseError, failures: int) -> None:
         """Reconnect, then settle the tasks this loop held when the error struck.
@@ -154,16 +184,23 @@ class Consumer:
         )
         if not batch:
             return 0
+        self._burst_waiting_since = None
         batch_started = claimed_at = time.monotonic()
         outcomes: list[Outcome] = []
         first_outcome_at = 0.0
         for index, claimed in enumerate(batch):
             if self.stop.is_set():
                 self.flush(outcomes)
-                returned = self.transport.release(self.lease_token, [c.pk for c in batch[index:]])
+                self.transport.settle(batch[:index])
+                returned = self.transport.release_claimed(self.lease_token, batch[index:])
                 logger.info("Gave back %d claimed task(s) that had not started", returned)
                 return len(batch)
-            if outcomes and time.monotonic() - first_outcome_at > FLUSH_AFTER:
+            if outcomes and (
+                time.monotonic() - first_outcome_at > FLUSH_AFTER
+                or claimed.options.get("time_limit") is not None
+            ):
+                # A task that may be killed at its hard limit must not take unrecorded
+                # outcomes with it.
                 self.flush(outcomes)
             if time.monotonic() - claimed_at > REVOKE_RECHECK_AFTER:
                 self._mark_revoked(batch[index:])
@@ -172,6 +209,7 @@ class Consumer:
                 first_outcome_at = time.monotonic()
             outcomes.append(execute(claimed, self.context))
         self.flush(outcomes)
+        self.transport.settle(batch)  # acks_late: acknowledged now that outcomes are stored
         elapsed = time.monotonic() - batch_started
         self._seconds_per_task = 0.5 * self._seconds_per_task + 0.5 * (elapsed / len(batch))
         self.processed += len(batch)

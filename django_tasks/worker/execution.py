@@ -30,6 +30,7 @@ from ..registry import tasks_registry
 from ..results import StateChange, record_states, revoked_change
 from ..signature import Signature
 from ..transports import ClaimedTask
+from .limits import Enforcer, Limits
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -41,10 +42,13 @@ class ExecutionContext:
     hostname: str
     lease_token: str
     accept: set[str]
+    enforcer: Enforcer
 
     @classmethod
-    def build(cls, hostname: str, lease_token: str, accept: list[str]) -> ExecutionContext:
-        return cls(hostname, lease_token, accepted_content_types(accept))
+    def build(
+        cls, hostname: str, lease_token: str, accept: list[str], enforcer: Enforcer
+    ) -> ExecutionContext:
+        return cls(hostname, lease_token, accepted_content_types(accept), enforcer)
 
 
 @dataclass(slots=True)
@@ -56,10 +60,10 @@ class Outcome:
 
 
 def failure_change(
-    claimed: ClaimedTask, exc: BaseException, *, detail: str = "", traceback: str | None = None
+    pk: int, exc: BaseException, *, detail: str = "", traceback: str | None = None
 ) -> StateChange:
     return StateChange(
-        claimed.pk,
+        pk,
         states.FAILURE,
         {
             "result": exception_to_dict(exc),
@@ -98,7 +102,7 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> StateChange | Outco
     task = tasks_registry.get(claimed.task_name)
     if task is None:
         exc = NotRegistered(claimed.task_name)
-        return failure_change(claimed, exc, detail=f"unknown task {claimed.task_name!r}")
+        return failure_change(claimed.pk, exc, detail=f"unknown task {claimed.task_name!r}")
     try:
         compression = claimed.options.get("compression")
         args, kwargs = decode_arguments(
@@ -110,7 +114,7 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> StateChange | Outco
             ctx.accept,
         )
     except (DecodeError, Exception) as exc:
-        return failure_change(claimed, exc, detail=f"malformed message: {exc}")
+        return failure_change(claimed.pk, exc, detail=f"malformed message: {exc}")
 
     request = Request(
         id=claimed.task_id,
@@ -127,6 +131,7 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> StateChange | Outco
         is_eager=False,
         called_directly=False,
         ignore_result=bool(claimed.options.get("ignore_result")),
+        row_pk=claimed.pk,
     )
     if task.resolved_track_started:
         record_states(
@@ -137,7 +142,11 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> StateChange | Outco
     try:
         # Inside a caller's transaction (run_until_empty in a test), a savepoint keeps a
         # failing query in the task from breaking that transaction for the outcome write.
-        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        limits = Limits.of(claimed.options, task)
+        with (
+            transaction.atomic() if connection.in_atomic_block else nullcontext(),
+            ctx.enforcer.running(claimed.pk, limits),
+        ):
             value = task._run_with_request(request, args, kwargs)
         if request.pending_retry is not None:
             raise request.pending_retry
@@ -168,7 +177,7 @@ def _failed(claimed: ClaimedTask, request: Request, exc: Exception) -> Outcome:
     traceback = format_traceback(exc)
     errbacks = claimed.options.get("link_error") or []
     return Outcome(
-        failure_change(claimed, exc, traceback=traceback),
+        failure_change(claimed.pk, exc, traceback=traceback),
         [partial(apply_errback, sig, request, exc, traceback) for sig in errbacks],
     )
 
@@ -231,6 +240,7 @@ def _retry_change(claimed: ClaimedTask, retry: Retry, args: list, kwargs: dict) 
         "retries": claimed.retries + 1,
         "run_after": retry.when or timezone.now(),
         "date_started": None,
+        "dispatched": False,  # a broker transport's relay publishes it when due
     }
     new_args = getattr(retry, "args_override", None)
     new_kwargs = getattr(retry, "kwargs_override", None)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from django.db import connections
 
 from .consumer import Consumer, new_lease_token
+from .limits import SignalEnforcer
+from .watchdog import TaskSlot, terminate_handler
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -175,19 +177,29 @@ def _die_with_parent() -> None:
 
 
 class PreforkPool(Pool):
-    """Consumer loops in forked child processes; a child that dies is replaced."""
+    """Consumer loops in forked child processes; a child that dies is replaced.
+
+    Each child shares a :class:`TaskSlot` with the parent, saying which task it runs.
+    """
 
     def __init__(self, config: PoolConfig) -> None:
         super().__init__(config)
         self._children: dict[int, str] = {}
+        self._slots: dict[int, TaskSlot] = {}
+
+    def children(self) -> list[tuple[int, str, TaskSlot]]:
+        """``(pid, lease token, slot)`` of each child not reaped yet."""
+        return [(pid, token, self._slots[pid]) for pid, token in self._children.items()]
 
     def _spawn(self) -> None:
         token = new_lease_token()
+        slot = TaskSlot()
         connections.close_all()  # never share a connection's socket across fork
         parent = os.getpid()
         pid = os.fork()
         if pid:
             self._children[pid] = token
+            self._slots[pid] = slot
             return
         code = 0
         try:
@@ -195,8 +207,10 @@ class PreforkPool(Pool):
             if os.getppid() != parent:
                 os._exit(1)
             stop = threading.Event()
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            # The parent decides on Ctrl-C; SIGTERM is its warm shutdown. Either kills the
+            # child when the parent sends it to terminate the running task.
+            signal.signal(signal.SIGINT, terminate_handler(slot, None))
+            signal.signal(signal.SIGTERM, terminate_handler(slot, lambda *_: stop.set()))
             from .. import transports
 
             transports._local.__dict__.clear()
@@ -206,6 +220,7 @@ class PreforkPool(Pool):
                 lease_token=token,
                 stop=stop,
                 burst=self.config.burst,
+                enforcer=SignalEnforcer(slot),
             ).run()
         except BaseException:
             logger.exception("Worker process crashed")
@@ -234,6 +249,7 @@ class PreforkPool(Pool):
             if pid == 0:
                 break
             token = self._children.pop(pid, None)
+            self._slots.pop(pid, None)
             code = os.waitstatus_to_exitcode(status)
             if token is not None and code != 0:
                 logger.error(
@@ -269,6 +285,7 @@ class PreforkPool(Pool):
             except (ProcessLookupError, ChildProcessError):
                 pass
         self._children.clear()
+        self._slots.clear()
         return tokens
 
 

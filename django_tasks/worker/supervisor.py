@@ -10,17 +10,22 @@ import time
 from typing import Any
 
 from django.db import DatabaseError, connections
+from kombu.exceptions import OperationalError as BrokerError
 
 from ..conf import tasks_settings
 from ..registry import tasks_registry
 from ..transports import get_transport
 from .consumer import refresh_connections
-from .pool import PoolConfig, make_pool, process_name
+from .pool import PoolConfig, PreforkPool, make_pool, process_name
+from .watchdog import Watchdog
 
 logger = logging.getLogger("django_tasks.worker")
 
 #: How often the supervisor looks at its pool and its signals.
 TICK = 0.1
+#: The relay looks for due tasks without a message at least this often (sooner when the
+#: next one is due sooner).
+RELAY_INTERVAL = 1.0
 
 
 class Worker:
@@ -37,6 +42,7 @@ class Worker:
         self._woken = threading.Event()
         self._exit_code: int | None = None
         self._lost: list[str] = []
+        self.watchdog = Watchdog(self.pool) if isinstance(self.pool, PreforkPool) else None
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -91,6 +97,7 @@ class Worker:
         reap_every = max(self.lease_seconds / 2, TICK)
         next_renew = time.monotonic() + renew_every
         next_reap = time.monotonic() + reap_every
+        next_relay = 0.0
         warm_requested = False
         try:
             while True:
@@ -114,17 +121,23 @@ class Worker:
                     return
                 now = time.monotonic()
                 try:
+                    if self.watchdog is not None:
+                        self.watchdog.check()
                     self._settle(transport)
                     if now >= next_renew:
                         transport.renew(self.pool.lease_tokens(), self.lease_seconds)
                         next_renew = now + renew_every
+                    if now >= next_relay:  # broker transports: due tasks with no message
+                        due_in = transport.relay()
+                        wait = RELAY_INTERVAL if due_in is None else min(RELAY_INTERVAL, due_in)
+                        next_relay = now + wait
                     if now >= next_reap:
                         transport.recover_expired_leases()
                         transport.revoke_expired()
                         next_reap = now + reap_every
                     refresh_connections()
-                except DatabaseError as exc:
-                    logger.warning("Database error in the worker supervisor (%s); retrying", exc)
+                except (DatabaseError, BrokerError) as exc:
+                    logger.warning("Error in the worker supervisor (%s); retrying", exc)
                     connections.close_all()
                     self._woken.wait(1.0)
         except Exception:
@@ -135,7 +148,10 @@ class Worker:
             connections.close_all()
 
     def _settle(self, transport: Any) -> None:
-        """Apply the lost-worker rule to the tasks of loops that died."""
+        """Record the tasks the watchdog stopped, then apply the lost-worker rule to the
+        other tasks of loops that died."""
+        if self.watchdog is not None:
+            self.watchdog.settle()
         if self._lost:
             transport.recover_expired_leases(lease_tokens=self._lost)
             self._lost = []
