@@ -1,0 +1,331 @@
+"""``TaskResultAdmin``: the result browser. Rows are read-only; changes go through actions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.db.models import Max, Min, QuerySet
+from django.http import HttpRequest
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from .. import results
+from ..models import TaskResult, TaskResultQuerySet, TaskStateChange
+from . import display, views
+
+#: A whole UUID task id, as pasted from a log or the API.
+TASK_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+#: Columns the changelist never shows: left out of its query.
+LIST_DEFERRED = ("args", "kwargs", "result", "traceback", "meta", "body", "options")
+
+
+class TaskStateChangeInline(admin.TabularInline):
+    """The task's history: every state it went through, when, on which worker, and why."""
+
+    model = TaskStateChange
+    fields = ("state_badge", "at_precise", "worker", "detail")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "history (after the initial PENDING)"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="state")
+    def state_badge(self, change: TaskStateChange) -> str:
+        return display.state_badge(change.state)
+
+    @admin.display(description="at")
+    def at_precise(self, change: TaskStateChange) -> str:
+        return display.timestamp(change.at)
+
+
+class RangeDatesQuerySet(TaskResultQuerySet):
+    """The admin's queryset: date-hierarchy links from the first and last dates only.
+
+    Django's date hierarchy asks ``datetimes(field, kind)`` for the distinct years, months
+    or days, which truncates the date of every matching row (a full scan; on SQLite a Python
+    function call per row). Here the periods between the first and the last date are listed
+    instead, from one ``MIN``/``MAX`` that the date indexes answer; a period without results
+    may show, and leads to an empty page.
+    """
+
+    def datetimes(self, field_name: str, kind: str, order: str = "ASC", tzinfo: Any = None) -> Any:
+        bounds = self.aggregate(first=Min(field_name), last=Max(field_name))
+        if bounds["first"] is None:
+            return []
+        tz = tzinfo or timezone.get_current_timezone()
+        first = timezone.localtime(bounds["first"], tz).date()
+        last = timezone.localtime(bounds["last"], tz).date()
+        periods = []
+        day = first.replace(month=1, day=1) if kind == "year" else first
+        day = day.replace(day=1) if kind == "month" else day
+        while day <= last:
+            periods.append(dt.datetime.combine(day, dt.time(), tzinfo=tz))
+            if kind == "year":
+                day = day.replace(year=day.year + 1)
+            elif kind == "month":
+                day = (day.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+            else:
+                day += dt.timedelta(days=1)
+        return periods[::-1] if order == "DESC" else periods
+
+
+class TaskResultChangeList(ChangeList):
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet:
+        return super().get_queryset(request, exclude_parameters).defer(*LIST_DEFERRED)
+
+
+@admin.register(TaskResult)
+class TaskResultAdmin(admin.ModelAdmin):
+    list_display = (
+        "short_id",
+        "task_name",
+        "state_badge",
+        "queue",
+        "retries",
+        "created",
+        "started",
+        "done",
+        "runtime_display",
+    )
+    list_filter = ("state", "task_name", "queue", "date_created")
+    search_fields = ("task_id", "task_name", "args", "kwargs")
+    search_help_text = "Search by task id, task name or arguments."
+    date_hierarchy = "date_created"
+    list_per_page = 50
+    show_full_result_count = False
+    actions = ["rerun_tasks", "revoke_tasks"]
+    inlines = [TaskStateChangeInline]
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "task_id",
+                    "task_name",
+                    "state_badge",
+                    "state_path",
+                    "progress_display",
+                    "queue",
+                    "priority",
+                    "retries",
+                    "worker",
+                    "owner",
+                    "rerun_of_link",
+                    "reruns_links",
+                )
+            },
+        ),
+        (
+            "Times",
+            {
+                "fields": (
+                    "created",
+                    "run_after_time",
+                    "started",
+                    "done",
+                    "runtime_display",
+                    "expires_time",
+                )
+            },
+        ),
+        ("Arguments", {"fields": ("args_display", "kwargs_display")}),
+        ("Outcome", {"fields": ("result_display", "meta_display", "traceback_display")}),
+    )
+    readonly_fields = tuple(name for _title, opts in fieldsets for name in opts["fields"])
+
+    # -- read-only rows -------------------------------------------------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """Re-run and revoke: users with the model's change permission."""
+        return request.user.has_perm("django_tasks.change_taskresult")
+
+    def has_purge_permission(self, request: HttpRequest) -> bool:
+        """Purging old results: users with the model's delete permission."""
+        return request.user.has_perm("django_tasks.delete_taskresult")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)
+        return RangeDatesQuerySet(model=queryset.model, query=queryset.query, using=queryset.db)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        """A whole task id is looked up by the unique index; anything else is searched for."""
+        term = search_term.strip()
+        if TASK_ID.fullmatch(term):
+            return queryset.filter(task_id=term), False
+        return super().get_search_results(request, queryset, search_term)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return TaskResultChangeList
+
+    def get_urls(self) -> list[Any]:
+        wrap = self.admin_site.admin_view
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path(
+                "queues/",
+                wrap(views.QueueOverview.as_view(model_admin=self)),
+                name="{}_{}_queues".format(*info),
+            ),
+            path(
+                "purge/",
+                wrap(views.PurgeResults.as_view(model_admin=self)),
+                name="{}_{}_purge".format(*info),
+            ),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        extra_context = {
+            **(extra_context or {}),
+            "can_purge": self.has_purge_permission(request),
+        }
+        return super().changelist_view(request, extra_context)
+
+    # -- columns and fields ---------------------------------------------------------------
+
+    @admin.display(description="id", ordering="task_id")
+    def short_id(self, obj: TaskResult) -> str:
+        return format_html('<span title="{}">{}</span>', obj.task_id, obj.task_id[:8])
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj: TaskResult) -> str:
+        return display.state_badge(obj.state)
+
+    @admin.display(description="created", ordering="date_created")
+    def created(self, obj: TaskResult) -> str:
+        return display.short_time(obj.date_created)
+
+    @admin.display(description="started", ordering="date_started")
+    def started(self, obj: TaskResult) -> str:
+        return display.short_time(obj.date_started)
+
+    @admin.display(description="done", ordering="date_done")
+    def done(self, obj: TaskResult) -> str:
+        return display.short_time(obj.date_done)
+
+    @admin.display(description="run after")
+    def run_after_time(self, obj: TaskResult) -> str:
+        return display.short_time(obj.run_after)
+
+    @admin.display(description="expires")
+    def expires_time(self, obj: TaskResult) -> str:
+        return display.short_time(obj.expires)
+
+    @admin.display(description="runtime")
+    def runtime_display(self, obj: TaskResult) -> str:
+        return display.duration(obj.runtime)
+
+    @admin.display(description="path")
+    def state_path(self, obj: TaskResult) -> str:
+        return display.state_path(obj.state_history())
+
+    @admin.display(description="progress")
+    def progress_display(self, obj: TaskResult) -> str:
+        reported = display.progress(obj.meta)
+        if reported is None:
+            return display.EMPTY
+        if obj.state == "SUCCESS":
+            reported = (reported[1], reported[1])
+        return display.progress_bar(*reported)
+
+    @admin.display(description="re-run of")
+    def rerun_of_link(self, obj: TaskResult) -> str:
+        if obj.rerun_of_id is None:
+            return display.EMPTY
+        original = TaskResult.objects.only("task_id").get(pk=obj.rerun_of_id)
+        return display.links([(self._change_url(original.pk), original.task_id)])
+
+    @admin.display(description="re-runs")
+    def reruns_links(self, obj: TaskResult) -> str:
+        reruns = obj.reruns.order_by("date_created").values_list("pk", "task_id")
+        return (
+            display.links((self._change_url(pk), task_id) for pk, task_id in reruns)
+            or display.EMPTY
+        )
+
+    @admin.display(description="args")
+    def args_display(self, obj: TaskResult) -> str:
+        if obj.body is not None:
+            return f"encoded ({obj.content_type}, {len(obj.body)} bytes)"
+        return display.pretty_json(obj.args)
+
+    @admin.display(description="kwargs")
+    def kwargs_display(self, obj: TaskResult) -> str:
+        if obj.body is not None:
+            return "in the encoded body"
+        return display.pretty_json(obj.kwargs)
+
+    @admin.display(description="result")
+    def result_display(self, obj: TaskResult) -> str:
+        return display.pretty_json(obj.result)
+
+    @admin.display(description="meta")
+    def meta_display(self, obj: TaskResult) -> str:
+        return display.pretty_json(obj.meta)
+
+    @admin.display(description="traceback")
+    def traceback_display(self, obj: TaskResult) -> str:
+        return display.traceback_block(obj.traceback)
+
+    def _change_url(self, pk: int) -> str:
+        return reverse(f"{self.admin_site.name}:django_tasks_taskresult_change", args=[pk])
+
+    # -- actions --------------------------------------------------------------------------
+
+    @admin.action(description="Re-run the selected tasks", permissions=["operate"])
+    def rerun_tasks(self, request: HttpRequest, queryset: QuerySet) -> None:
+        sent, failed = 0, []
+        for original in queryset.select_related(None):
+            try:
+                results.rerun(original)
+            except Exception as exc:
+                failed.append(f"{original.task_id[:8]} ({type(exc).__name__}: {exc})")
+            else:
+                sent += 1
+        if sent:
+            self.message_user(request, f"Sent {sent} new task(s), linked to their originals.")
+        if failed:
+            self.message_user(
+                request, f"Could not re-run: {'; '.join(failed)}", level=messages.ERROR
+            )
+
+    @admin.action(
+        description="Revoke the selected tasks (if not finished)",
+        permissions=["operate"],
+    )
+    def revoke_tasks(self, request: HttpRequest, queryset: QuerySet) -> None:
+        task_ids = list(queryset.values_list("task_id", flat=True))
+        revoked = sum(
+            results.revoke(task_id, reason="revoked in the admin") for task_id in task_ids
+        )
+        skipped = len(task_ids) - revoked
+        self.message_user(request, f"Revoked {revoked} task(s).")
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} task(s) had already finished and were left as they were.",
+                level=messages.WARNING,
+            )
