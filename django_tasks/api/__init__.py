@@ -1,0 +1,1 @@
+"""The HTTP API over stored results (Django REST framework); mount ``django_tasks.urls``."""
