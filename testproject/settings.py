@@ -1,7 +1,8 @@
 """Settings of the demo project, read from the environment with django-environ.
 
 ``DATABASE_URL`` (default: SQLite in ``db.sqlite3`` beside ``manage.py``) and
-``DJANGO_TASKS_BROKER_URL`` (default: ``django://``, the database transport).
+``DJANGO_TASKS_BROKER_URL`` (default: ``django://``, the database transport) and
+``DJANGO_TASKS_TASK_DEFAULT_QUEUE`` (default: ``default``; the benchmark uses its own).
 """
 
 from pathlib import Path
@@ -65,6 +66,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DJANGO_TASKS = {
     "BROKER_URL": env("DJANGO_TASKS_BROKER_URL", default="django://"),
     "WORKER_LEASE_SECONDS": env.float("DJANGO_TASKS_WORKER_LEASE_SECONDS", default=30.0),
+    "TASK_DEFAULT_QUEUE": env("DJANGO_TASKS_TASK_DEFAULT_QUEUE", default="default"),
 }
 
 AUTH_PASSWORD_VALIDATORS = []
@@ -82,3 +84,6 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "worker"}},
     "loggers": {"django_tasks": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }
+
+# The demo page needs a signed-in user; the admin's login page serves.
+LOGIN_URL = "admin:login"

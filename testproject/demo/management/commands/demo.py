@@ -47,6 +47,8 @@ class Command(BaseCommand):
             "  .venv/bin/python manage.py createsuperuser\n"
             "  .venv/bin/python manage.py runserver\n"
             "  then open http://127.0.0.1:8000/admin/django_tasks/taskresult/\n"
+            "For the live progress page, also run a worker (.venv/bin/python manage.py "
+            "runworker)\n  and open http://127.0.0.1:8000/demo/\n"
         )
 
     def run_worker_until_done(self, results: list[AsyncResult]) -> None:
