@@ -38,18 +38,83 @@ def _database_problem(config: pytest.Config) -> str | None:
     return None
 
 
+def broker_url() -> str:
+    return settings.DJANGO_TASKS.get("BROKER_URL", "django://")
+
+
+def on_broker() -> bool:
+    return not broker_url().startswith("django://")
+
+
+def _broker_problem() -> str | None:
+    """Why the configured broker cannot be reached, or None (or no broker)."""
+    if not on_broker():
+        return None
+    from kombu import Connection
+
+    conn = Connection(broker_url(), connect_timeout=3)
+    try:
+        conn.ensure_connection(max_retries=0)
+    except Exception as exc:
+        return f"the broker at {conn.as_uri()} is unreachable: {exc}"
+    finally:
+        conn.release()
+    return None
+
+
+#: Every queue the tests send to; emptied before a broker run, so that messages a previous
+#: run left behind cannot reach this run's workers.
+TEST_QUEUES = ("default", "elsewhere", "explicit", "lopri", "nobody", "proxy")
+
+
+def purge_broker_queues() -> None:
+    from kombu import Connection
+
+    from django_tasks.transports.broker import BrokerTransport
+
+    transport = BrokerTransport(broker_url())
+    with Connection(broker_url()) as conn:
+        for name in TEST_QUEUES:
+            queue = transport.kombu_queue(name)(conn.channel())
+            queue.declare()
+            queue.purge()
+    transport.close()
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     db = settings.DATABASES["default"]
-    return f"django_tasks: database {db['ENGINE'].rsplit('.', 1)[-1]} ({db.get('NAME')})"
+    return (
+        f"django_tasks: database {db['ENGINE'].rsplit('.', 1)[-1]} ({db.get('NAME')}), "
+        f"transport {broker_url()}"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if on_broker():
+        skip_db = pytest.mark.skip(reason="about the database transport's rows and queries")
+        for item in items:
+            if "database_transport" in item.keywords:
+                item.add_marker(skip_db)
+    else:
+        skip_broker = pytest.mark.skip(
+            reason="needs a broker: set DJANGO_TASKS_BROKER_URL (make test-redis, test-rabbitmq)"
+        )
+        for item in items:
+            if "broker" in item.keywords:
+                item.add_marker(skip_broker)
     problem = _database_problem(config)
     if problem is None:
+        problem = _broker_problem()
+        hint = "start it or point DJANGO_TASKS_BROKER_URL elsewhere"
+    else:
+        hint = "start it or point DATABASE_URL elsewhere"
+    if problem is None:
+        if on_broker():
+            purge_broker_queues()
         return
     if IN_CI:
         pytest.exit(f"{problem} (CI=true: a missing service is a failure)", returncode=1)
-    skip = pytest.mark.skip(reason=f"{problem}; start it or point DATABASE_URL elsewhere")
+    skip = pytest.mark.skip(reason=f"{problem}; {hint}")
     for item in items:
         item.add_marker(skip)
 
@@ -125,12 +190,15 @@ def start_worker(transactional_db: Any, tmp_path: Path) -> Iterator[Callable[...
     """Start real workers against the test database; all are killed at the end of the test."""
     workers: list[WorkerProcess] = []
 
-    def start(*args: str, lease_seconds: float = 30.0) -> WorkerProcess:
+    def start(
+        *args: str, lease_seconds: float = 30.0, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
         env = {
             **os.environ,
             "DATABASE_URL": database_url(),
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "DJANGO_TASKS_WORKER_LEASE_SECONDS": str(lease_seconds),
+            **(env or {}),
         }
         worker = WorkerProcess(list(args), env, tmp_path / f"worker-{len(workers)}.log")
         workers.append(worker)

@@ -28,11 +28,22 @@ def test_unknown_key_is_named_with_a_suggestion(settings):
     )
 
 
+def test_broker_urls_of_kombu_transports_are_accepted(settings):
+    for url in ("redis://127.0.0.1:6379/0", "amqp://guest:guest@127.0.0.1:5672//"):
+        assert "django_tasks.E002" not in ids({"BROKER_URL": url}, settings)
+        assert "django_tasks.E019" not in ids({"BROKER_URL": url}, settings)
+
+
+def test_a_broker_url_whose_client_library_is_missing_names_it(settings):
+    found = ids({"BROKER_URL": "zookeeper://127.0.0.1:2181/"}, settings)
+    assert "kazoo" in found["django_tasks.E019"]
+    assert "zookeeper://" in found["django_tasks.E019"]
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
         ("nope://x", "unknown"),
-        ("redis://127.0.0.1:6379/0", "kombu"),
         ("django", "not a URL"),
         ("django://other", "takes no host"),
     ],
@@ -59,6 +70,16 @@ def test_bad_broker_url(value, expected, settings):
         ("WORKER_LEASE_SECONDS", 0, "django_tasks.E012"),
         ("WORKER_POLL_INTERVAL", -1, "django_tasks.E012"),
         ("WORKER_PREFETCH_MAX", 0, "django_tasks.E013"),
+        ("API_EXPOSE_TRACEBACKS", "no", "django_tasks.E008"),
+        ("API_EXPOSE_ARGUMENTS", 1, "django_tasks.E008"),
+        (
+            "API_PERMISSION_CLASSES",
+            "django_tasks.api.permissions.IsOwnerOrStaff",
+            "django_tasks.E015",
+        ),
+        ("API_PERMISSION_CLASSES", ["django_tasks.api.permissions.Nope"], "django_tasks.E015"),
+        ("API_PAGE_SIZE", 0, "django_tasks.E016"),
+        ("API_MAX_WAIT", -5, "django_tasks.E017"),
     ],
 )
 def test_bad_values_are_errors_naming_the_key(key, value, check_id, settings):
@@ -93,22 +114,3 @@ def test_a_partial_publish_retry_policy_is_completed_from_the_defaults(settings,
 
     assert ids({"TASK_PUBLISH_RETRY_POLICY": {"max_retries": 5}}, settings) == {}
     assert tasks.add.delay(1, 1).exists()
-
-
-def test_declared_time_limits_are_reported_as_not_enforced_yet():
-    from django_tasks import task
-    from django_tasks.checks import check_tasks
-    from django_tasks.registry import tasks_registry
-
-    assert check_tasks() == []
-
-    @task(name="tests.limited", time_limit=5)
-    def limited():
-        pass
-
-    try:
-        (warning,) = check_tasks()
-        assert warning.id == "django_tasks.W002"
-        assert "tests.limited" in warning.msg
-    finally:
-        del tasks_registry["tests.limited"]

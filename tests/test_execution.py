@@ -116,6 +116,7 @@ def test_unknown_task_name_fails_and_the_worker_goes_on():
     assert good.get(timeout=1) == 4
 
 
+@pytest.mark.database_transport
 @pytest.mark.parametrize(
     "damage",
     [

@@ -14,7 +14,7 @@ from django_tasks.transports import get_transport
 from tests.taskapp import tasks
 from tests.taskapp.models import Run
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.database_transport]
 
 
 def claim_all(token="lost-worker"):

@@ -8,7 +8,7 @@ from django.test.utils import CaptureQueriesContext
 from django_tasks.testing import run_until_empty
 from tests.taskapp import tasks
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.database_transport]
 
 TRANSACTION_CONTROL = ("SAVEPOINT", "RELEASE SAVEPOINT", "BEGIN", "COMMIT")
 

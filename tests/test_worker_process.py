@@ -7,7 +7,7 @@ import pytest
 from django_tasks import states
 from django_tasks.exceptions import WorkerLostError
 from django_tasks.models import TaskResult
-from tests.conftest import wait_until
+from tests.conftest import broker_url, wait_until
 from tests.taskapp import tasks
 from tests.taskapp.models import Run
 
@@ -24,7 +24,7 @@ def test_burst_drains_the_queue_and_exits_0(start_worker):
     assert worker.wait(60) == 0
     assert [r.get(timeout=1) for r in results] == [i + i for i in range(20)]
     out = worker.output()
-    assert "transport:   django://" in out
+    assert f"transport:   {broker_url().split('://')[0]}://" in out
     assert "queues:      default" in out
     assert "concurrency: 2 (prefork)" in out
     assert ". tests.taskapp.tasks.add" in out
@@ -73,8 +73,11 @@ def test_after_sigkill_the_task_is_recovered_per_acks_late(start_worker, acks_la
     first = start_worker("--concurrency", "1", lease_seconds=1.5)
     wait_until(started("killed"), what="the task to start")
     first.kill_group()  # the whole worker, as a power cut would
-    start_worker("--concurrency", "1", lease_seconds=1.5)
-    wait_until(lambda: res.ready(), timeout=30, what="recovery")
+    second = start_worker("--concurrency", "1", lease_seconds=1.5)
+    try:
+        wait_until(lambda: res.ready(), timeout=30, what="recovery")
+    except AssertionError:
+        raise AssertionError(f"no recovery; the second worker said:\n{second.output()}") from None
     if acks_late:
         assert res.get(timeout=1) == "killed"
         assert Run.objects.filter(label="start:killed").count() == 2

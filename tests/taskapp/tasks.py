@@ -4,6 +4,7 @@ import os
 import time
 
 from django_tasks import task
+from django_tasks.exceptions import SoftTimeLimitExceeded
 from tests.taskapp.models import Run
 
 
@@ -176,3 +177,38 @@ def retry_variants(self, variant):
     if variant == "no-args":
         raise self.retry(args=[], kwargs={"variant": "kw"}, countdown=0)
     raise self.retry(priority=None, countdown=0)
+
+
+def _spin(seconds):
+    """Busy in Python (short sleeps), so asynchronous exceptions reach it between them."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.02)
+
+
+@task
+def spin(seconds):
+    _spin(seconds)
+    return "not stopped"
+
+
+@task(bind=True, soft_time_limit=0.5, time_limit=30)
+def soft_limited(self, label=""):
+    Run.objects.create(task_id=self.request.id, label=f"start:{label}", pid=os.getpid())
+    try:
+        _spin(20)
+    except SoftTimeLimitExceeded:
+        return "soft limit caught"
+    return "not stopped"
+
+
+@task(bind=True, time_limit=1)
+def hard_limited(self, label=""):
+    Run.objects.create(task_id=self.request.id, label=f"start:{label}", pid=os.getpid())
+    _spin(30)
+    return "not stopped"
+
+
+@task(bind=True)
+def record_pid(self):
+    return os.getpid()

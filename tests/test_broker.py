@@ -1,0 +1,397 @@
+"""What only broker transports do: messages, the outbox, the relay, bad messages, publish
+retries against a closed port and a broker connection that drops and comes back.
+
+Run with ``DJANGO_TASKS_BROKER_URL`` set (``make test-redis``, ``make test-rabbitmq``); the
+rest of the suite runs on brokers unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from kombu import Connection, Producer
+from kombu.exceptions import OperationalError
+
+from django_tasks import states
+from django_tasks.messages import compression_content_type
+from django_tasks.models import TaskResult
+from django_tasks.testing import run_until_empty
+from django_tasks.transports import get_transport
+from tests.conftest import broker_url, purge_broker_queues, wait_until
+from tests.taskapp import tasks
+from tests.taskapp.models import Run
+
+pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True)]
+
+FAST_POLICY = {"max_retries": 0, "interval_start": 0, "interval_step": 0, "interval_max": 0}
+
+
+@pytest.fixture(autouse=True)
+def _empty_queues() -> None:
+    """Messages earlier tests sent and no worker took would be taken by ``take()``."""
+    purge_broker_queues()
+
+
+def is_amqp() -> bool:
+    return get_transport().is_amqp
+
+
+def take(queue: str = "default", timeout: float = 2.0):
+    """Take one message off a broker queue (acknowledged, not run), or None."""
+    transport = get_transport()
+    with Connection(broker_url()) as conn:
+        bound = transport.kombu_queue(queue)(conn.channel())
+        bound.declare()
+        deadline = time.monotonic() + timeout
+        while True:
+            message = bound.get(no_ack=False)
+            if message is not None:
+                message.ack()
+                return message
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+
+
+def publish_raw(body: bytes, headers: dict, content_type: str = "application/json") -> None:
+    """Publish a message as another program might, bypassing ``apply_async``."""
+    queue = get_transport().kombu_queue("default")
+    with Connection(broker_url()) as conn:
+        Producer(conn.channel()).publish(
+            body,
+            exchange=queue.exchange,
+            routing_key="default",
+            declare=[queue],
+            headers=headers,
+            content_type=content_type,
+            content_encoding="binary",
+            serializer=None,
+        )
+
+
+# -- sending ------------------------------------------------------------------------------------
+
+
+def test_send_writes_the_pending_row_with_one_statement_and_publishes_the_task():
+    with CaptureQueriesContext(connection) as queries:
+        result = tasks.add.delay(2, 3)
+    assert len(queries) == 1, [q["sql"] for q in queries]
+    assert result.exists() and result.state == states.PENDING
+    assert TaskResult.objects.get(task_id=result.id).dispatched
+    message = take()
+    assert message.headers["id"] == result.id
+    assert message.headers["task"] == "tests.taskapp.tasks.add"
+    assert message.content_type == "application/json"
+    assert message.decode() == [[2, 3], {}]
+
+
+def test_compressed_arguments_are_sent_compressed():
+    big = "x" * 1_000_000
+    result = tasks.add.apply_async((big, ""), compression="zlib")
+    message = take()
+    assert message.headers["compression"] == compression_content_type("zlib")
+    row = TaskResult.objects.get(task_id=result.id)
+    assert len(row.body) < 10_000  # what travels is what is stored: compressed
+    assert message.decode() == [[big, ""], {}]
+
+
+def test_expires_sets_the_message_ttl_on_amqp():
+    if not is_amqp():
+        pytest.skip("Redis has no per-message TTL; workers check expiry on receipt")
+    tasks.add.apply_async((1, 1), expires=60)
+    message = take()
+    assert 55_000 <= int(message.properties["expiration"]) <= 60_000
+
+
+def test_priorities_are_mapped_to_the_broker_so_higher_runs_first(start_worker):
+    low = [tasks.record.apply_async((f"low{i}",), priority=0) for i in range(5)]
+    high = [tasks.record.apply_async((f"high{i}",), priority=9) for i in range(5)]
+    worker = start_worker("--burst", "--pool", "solo")
+    assert worker.wait(60) == 0
+    assert all(r.state == states.SUCCESS for r in low + high)
+    order = list(Run.objects.order_by("id").values_list("label", flat=True))
+    assert [label.rstrip("0123456789") for label in order] == ["high"] * 5 + ["low"] * 5, order
+
+
+# -- delays and the outbox ----------------------------------------------------------------------
+
+
+def test_countdown_waits_in_the_database_and_the_relay_publishes_it_when_due():
+    result = tasks.add.apply_async((1, 2), countdown=60)
+    row = TaskResult.objects.get(task_id=result.id)
+    assert not row.dispatched
+    transport = get_transport()
+    transport.relay()
+    assert take(timeout=0.3) is None  # not due: no message, nothing held by any worker
+
+    TaskResult.objects.filter(pk=row.pk).update(run_after=row.date_created)
+    transport.relay()
+    message = take()
+    assert message.headers["id"] == result.id
+    assert TaskResult.objects.get(pk=row.pk).dispatched
+
+
+def test_on_commit_writes_the_row_in_the_transaction_and_publishes_after_commit():
+    with transaction.atomic():
+        result = tasks.add.delay_on_commit(1, 1)
+        assert not TaskResult.objects.get(task_id=result.id).dispatched
+    assert TaskResult.objects.get(task_id=result.id).dispatched
+    assert take().headers["id"] == result.id
+
+
+def test_a_rolled_back_task_is_never_sent():
+    with contextlib.suppress(ZeroDivisionError), transaction.atomic():
+        tasks.add.delay(1, 1)
+        tasks.add.delay_on_commit(1, 1)
+        1 / 0  # noqa: B018
+    assert not TaskResult.objects.exists()
+    get_transport().relay()
+    assert take(timeout=0.3) is None
+
+
+def test_a_committed_task_whose_publish_never_happened_is_relayed_and_runs(start_worker):
+    # As if the process died between the commit and the publish.
+    outgoing = tasks.record._build_outgoing("test", ["orphan"], {}, {})
+    get_transport().insert_row(outgoing, dispatched=False, retry=False, retry_policy=FAST_POLICY)
+    assert take(timeout=0.3) is None
+    worker = start_worker()
+    result = tasks.record.AsyncResult(outgoing.task_id)
+    try:
+        assert result.get(timeout=20) == "orphan"
+    except Exception:
+        print(worker.output())
+        raise
+    worker.signal(15)
+    assert worker.wait(20) == 0
+
+
+def waiting_in_broker(queue: str = "default") -> int:
+    """Messages ready in a broker queue (not counting those a consumer holds)."""
+    with Connection(broker_url()) as conn:
+        try:
+            return conn.channel().queue_declare(queue=queue, passive=True).message_count
+        except conn.channel_errors:
+            return 0  # Redis: an empty list does not exist
+
+
+def test_a_message_delivered_twice_runs_the_task_once(start_worker):
+    from django_tasks.transports.broker import message_from_outgoing
+
+    result = tasks.record.delay("once")
+    outgoing = tasks.record._build_outgoing("test", ["once"], {}, {"task_id": result.id})
+    get_transport().publish(message_from_outgoing(outgoing), retry=False, retry_policy=FAST_POLICY)
+    worker = start_worker("--concurrency", "1")
+    assert result.get(timeout=20) == "once"
+    # The duplicate is taken and acknowledged too, not left behind, and not run.
+    wait_until(lambda: waiting_in_broker() == 0, what="the duplicate to be taken")
+    worker.signal(15)
+    assert worker.wait(20) == 0
+    assert Run.objects.filter(label="once").count() == 1
+    assert take(timeout=0.3) is None
+
+
+# -- bad messages -------------------------------------------------------------------------------
+
+
+def _headers(**extra: object) -> dict:
+    return {"id": str(uuid.uuid4()), "task": "tests.taskapp.tasks.add", **extra}
+
+
+BAD_MESSAGES = {
+    "garbage-body": (b"\x00\xffnot json", _headers(), "application/json", "cannot be decoded"),
+    "missing-task-name": (b"[[1, 1], {}]", {"id": str(uuid.uuid4())}, None, "no task name"),
+    "unknown-task-name": (
+        b"[[1, 1], {}]",
+        _headers(task="tests.no_such_task"),
+        None,
+        "unknown task",
+    ),
+    "disallowed-content-type": (
+        b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00]\x94(]\x94}\x94e.",
+        _headers(),
+        "application/x-python-serialize",
+        "not in ACCEPT_CONTENT",
+    ),
+    "bad-compression-header": (
+        b"[[1, 1], {}]",
+        _headers(compression="application/x-no-such-compression"),
+        None,
+        "cannot be read",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_MESSAGES))
+def test_a_bad_message_is_recorded_as_failure_and_the_worker_goes_on(kind):
+    body, headers, content_type, reason = BAD_MESSAGES[kind]
+    publish_raw(body, headers, content_type or "application/json")
+    good = tasks.add.delay(2, 2)
+    assert run_until_empty() == 1
+    assert good.get(timeout=1) == 4
+    if "id" in headers:
+        bad = TaskResult.objects.get(task_id=headers["id"])
+        assert bad.state == states.FAILURE
+        assert reason in bad.result["exc_message"][0]
+    assert take(timeout=0.3) is None  # acknowledged: never delivered again
+
+
+def test_a_bad_message_without_an_id_is_logged_and_dropped(caplog):
+    publish_raw(b"[[1, 1], {}]", {"task": "tests.taskapp.tasks.add"})
+    good = tasks.add.delay(1, 2)
+    assert run_until_empty() == 1
+    assert good.get(timeout=1) == 3
+    assert "no task id" in caplog.text
+    assert TaskResult.objects.count() == 1
+    assert take(timeout=0.3) is None
+
+
+# -- publish retries ----------------------------------------------------------------------------
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    parts = urlsplit(broker_url())
+    auth = parts.netloc.rpartition("@")[0]
+    netloc = f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.fixture
+def broker_at(settings):
+    def point_to(url: str) -> None:
+        settings.DJANGO_TASKS = {**settings.DJANGO_TASKS, "BROKER_URL": url}
+
+    yield point_to
+    get_transport().close()
+
+
+def test_retry_false_fails_at_once_with_the_cause_and_leaves_no_row(broker_at):
+    broker_at(closed_port_url())
+    started = time.monotonic()
+    with pytest.raises(OperationalError) as raised:
+        tasks.add.apply_async((1, 1), retry=False)
+    assert time.monotonic() - started < 1.0
+    assert raised.value.__cause__ is not None
+    assert "tests.taskapp.tasks.add" in str(raised.value)
+    assert not TaskResult.objects.exists()
+
+
+def test_the_retry_policy_sleeps_between_attempts_then_gives_up(broker_at):
+    broker_at(closed_port_url())
+    policy = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.3}
+    started = time.monotonic()
+    with pytest.raises(OperationalError) as raised:
+        tasks.add.apply_async((1, 1), retry_policy=policy)
+    elapsed = time.monotonic() - started
+    assert 0.1 + 0.3 + 0.3 - 0.05 <= elapsed < 5.0  # the policy's sleeps: 0.1, 0.3, 0.3
+    assert raised.value.__cause__ is not None
+    assert not TaskResult.objects.exists()
+
+
+class Outage:
+    """A TCP relay in front of the real broker that can drop every connection and refuse new
+    ones (the broker "stops"), then accept again (it "restarts")."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._server: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(16)
+        self.port = server.getsockname()[1]
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                with contextlib.suppress(OSError):  # wakes the blocked accept() on Linux
+                    self._server.shutdown(socket.SHUT_RDWR)
+                self._server.close()
+                self._server = None
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._sockets.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def outage() -> Iterator[Outage]:
+    parts = urlsplit(broker_url())
+    default_port = 5672 if parts.scheme.startswith(("amqp", "pyamqp")) else 6379
+    relay = Outage((parts.hostname or "127.0.0.1", parts.port or default_port))
+    relay.start()
+    yield relay
+    relay.stop()
+
+
+def url_through(relay: Outage) -> str:
+    parts = urlsplit(broker_url())
+    auth = parts.netloc.rpartition("@")[0]
+    netloc = f"{auth}@127.0.0.1:{relay.port}" if auth else f"127.0.0.1:{relay.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def test_a_send_rides_out_a_broker_restart(outage, broker_at):
+    broker_at(url_through(outage))
+    first = tasks.add.delay(1, 1)
+    outage.stop()  # the broker goes away with the connection the producer holds
+    threading.Timer(0.5, outage.start).start()
+    policy = {"max_retries": 20, "interval_start": 0.1, "interval_step": 0.1, "interval_max": 0.2}
+    started = time.monotonic()
+    second = tasks.add.apply_async((2, 2), retry_policy=policy)
+    assert time.monotonic() - started >= 0.4
+    assert run_until_empty() == 2
+    assert (first.get(timeout=1), second.get(timeout=1)) == (2, 4)
+
+
+def test_a_worker_reconnects_after_a_broker_restart(outage, start_worker):
+    url = url_through(outage)
+    worker = start_worker(env={"DJANGO_TASKS_BROKER_URL": url}, lease_seconds=5)
+    assert tasks.add.delay(1, 1).get(timeout=20) == 2
+    outage.stop()
+    time.sleep(1.0)
+    outage.start()
+    result = tasks.add.delay(3, 3)
+    assert result.get(timeout=30) == 6, worker.output()
+    wait_until(lambda: "Broker connection lost" in worker.output(), what="the reconnect log")
+    worker.signal(15)
+    assert worker.wait(20) == 0
