@@ -1,8 +1,11 @@
-"""Throughput and latency of django_tasks on SQLite and PostgreSQL, next to a raw-SQL floor.
+"""Throughput and latency of django_tasks on SQLite, PostgreSQL, Redis and RabbitMQ.
+
+The database transport is put next to a raw-SQL floor; the broker transports next to Celery 5
+with django-celery-results on the same broker and PostgreSQL (in its own virtualenv).
 
 Run ``make bench`` or ``.venv/bin/python bench/run.py [--n 5000] [--latency-samples 200]``.
-The parent process prepares a scratch database per backend, then measures each one in a
-child process of this script (Django is set up once per process, so one per database).
+The parent process prepares a scratch database per column, then measures each one in a
+child process of this script (Django is set up once per process, so one per column).
 See bench/README.md for what each number means.
 """
 
@@ -13,7 +16,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -27,9 +29,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from subprocesses import background  # bench/subprocesses.py
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/django_tasks"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 SCRATCH_DB = "django_tasks_bench"
+BROKER_SCRATCH_DB = "django_tasks_bench_brokers"
+CELERY_SCRATCH_DB = "django_tasks_bench_celery"
+#: Our tasks travel in this queue (the Celery reference uses ``bench_celery``), so a bench
+#: run neither takes nor purges messages of anything else using the same broker.
+BENCH_QUEUE = "bench"
+CELERY_DIR = REPO / "bench" / "celery_reference"
+CELERY_VENV = REPO / "bench" / ".venv-celery"
+CELERY_REQUIREMENTS = (
+    "celery[redis]>=5.4,<6",
+    "django-celery-results>=2.5",
+    "django>=5.2",
+    "psycopg[binary]>=3.1.8",
+)
+CELERY_VARIANTS = ("default", "reused")
+TARGET_E2E_C2 = 1500.0
+TARGET_LATENCY_P50 = 3.0
 SETTINGS = "testproject.settings"
 FLOOR_BATCH = 50
 WORKER_TIMEOUT = 600.0
@@ -37,6 +59,9 @@ WORKER_TIMEOUT = 600.0
 #: (key, label, format) of every measure, in table order.
 MEASURES: tuple[tuple[str, str, str], ...] = (
     ("enqueue", "enqueue `noop.delay()` (tasks/s)", "{:,.0f}"),
+    ("send_insert", "  per send: INSERT of the PENDING row (µs)", "{:,.0f}"),
+    ("send_publish", "  per send: publish to the broker (µs)", "{:,.0f}"),
+    ("send_other", "  per send: the rest (message, validation) (µs)", "{:,.0f}"),
     ("e2e_c1", "end-to-end, concurrency 1 (tasks/s)", "{:,.0f}"),
     ("e2e_c1_wall", "  worker wall time, c=1 (s)", "{:.2f}"),
     ("e2e_c2", "end-to-end, concurrency 2 (tasks/s)", "{:,.0f}"),
@@ -58,9 +83,19 @@ PROBLEMS: list[str] = []
 # -- shared helpers ------------------------------------------------------------------------------
 
 
-def django_env(database_url: str) -> dict[str, str]:
+def django_env(database_url: str, broker_url: str = "django://") -> dict[str, str]:
     """The environment of every Django process of the run (this one's children included)."""
-    return {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": SETTINGS}
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": SETTINGS,
+        "DJANGO_TASKS_BROKER_URL": broker_url,
+        "DJANGO_TASKS_TASK_DEFAULT_QUEUE": BENCH_QUEUE,
+    }
+
+
+def is_broker(url: str) -> bool:
+    return urlsplit(url).scheme not in ("", "django")
 
 
 def manage(*args: str) -> list[str]:
@@ -98,29 +133,17 @@ def worker(concurrency: int, *, burst: bool) -> Iterator[subprocess.Popen[bytes]
     """
     cmd = manage("runworker", "--concurrency", str(concurrency), "--pool", "prefork")
     cmd += ["--loglevel", "warning", *(["--burst"] if burst else [])]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.returncode != 0:
-                log.seek(0)
-                output = log.read().decode(errors="replace")
-                loud(f"worker exited with {proc.returncode}:\n{output}")
+    with background(cmd, REPO, report=loud) as proc:
+        yield proc
 
 
 def clear_tasks() -> None:
-    """Empty the task and history tables."""
+    """Empty the task and history tables, and the broker queue on a broker transport."""
     from django.db import connection
 
     from django_tasks.models import TaskResult, TaskStateChange
+
+    purge_broker_queue()
 
     tables = [connection.ops.quote_name(m._meta.db_table) for m in (TaskStateChange, TaskResult)]
     with connection.cursor() as cursor:
@@ -129,6 +152,20 @@ def clear_tasks() -> None:
         else:
             for table in tables:
                 cursor.execute(f"DELETE FROM {table}")
+
+
+def purge_broker_queue() -> None:
+    """Drop every message of the bench's queue (declared as the transport declares it)."""
+    from django_tasks.conf import tasks_settings
+    from django_tasks.transports import get_transport
+
+    transport = get_transport()
+    if not hasattr(transport, "kombu_queue"):
+        return
+    with transport._connection() as conn:
+        queue = transport.kombu_queue(tasks_settings.TASK_DEFAULT_QUEUE)(conn.default_channel)
+        queue.declare()
+        queue.purge()
 
 
 def rate(n: int, send: Callable[[], object]) -> float:
@@ -147,6 +184,45 @@ def measure_enqueue(n: int) -> float:
     result = rate(n, noop.delay)
     clear_tasks()
     return result
+
+
+def measure_send_split(n: int) -> dict[str, float | None]:
+    """Microseconds per ``delay()`` spent in the row's INSERT (its commit included), in the
+    broker publish, and in the rest, from ``n`` more sends timed piece by piece."""
+    from django_tasks.transports import get_transport
+    from testproject.demo.tasks import noop
+
+    transport = get_transport()
+    spent = {"insert_row": 0.0, "publish": 0.0}
+
+    def timed(name: str) -> Callable[..., Any]:
+        method = getattr(transport, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - t0
+
+        return wrapper
+
+    names = [name for name in spent if hasattr(transport, name)]
+    for name in names:
+        setattr(transport, name, timed(name))  # an instance attribute hides the method
+    clear_tasks()
+    try:
+        elapsed = n / rate(n, noop.delay)
+    finally:
+        for name in names:
+            delattr(transport, name)
+    clear_tasks()
+    per_send = {k: v / n * 1e6 for k, v in spent.items()}
+    return {
+        "send_insert": per_send["insert_row"],
+        "send_publish": per_send["publish"] if "publish" in names else None,
+        "send_other": elapsed / n * 1e6 - sum(per_send.values()),
+    }
 
 
 def measure_end_to_end(n: int, concurrency: int) -> tuple[float | None, float]:
@@ -286,6 +362,7 @@ def measure(n: int, samples: int, latency_budget: float) -> Results:
 
     django.setup()
     results: Results = {"enqueue": measure_enqueue(n)}
+    results.update(measure_send_split(n))
     for concurrency in (1, 2):
         throughput, wall = measure_end_to_end(n, concurrency)
         results[f"e2e_c{concurrency}"] = throughput
@@ -295,6 +372,8 @@ def measure(n: int, samples: int, latency_budget: float) -> Results:
         cuts = statistics.quantiles(timings, n=100, method="inclusive")
         results["latency_p50"], results["latency_p95"] = cuts[49] * 1000, cuts[94] * 1000
     results["latency_samples"] = len(timings)
+    if is_broker(os.environ["DJANGO_TASKS_BROKER_URL"]):
+        return results  # the floor is the database transport's; see the Celery reference
     results["floor_insert"], results["floor_claim"] = measure_floor(n)
     results["ratio_enqueue"] = ratio(results["enqueue"], results["floor_insert"])
     results["ratio_e2e"] = ratio(results["e2e_c1"], results["floor_claim"])
@@ -314,7 +393,7 @@ def with_database(url: str, name: str) -> str:
 
 
 class Unreachable(Exception):
-    """PostgreSQL cannot be used: no psycopg, or no server at the URL."""
+    """A server cannot be used: no client library, or nothing answering at the URL."""
 
 
 def maintenance_connection(url: str) -> Any:
@@ -329,55 +408,201 @@ def maintenance_connection(url: str) -> Any:
         raise Unreachable(f"{type(exc).__name__}: {str(exc).strip()}") from exc
 
 
-def drop_scratch(conn: Any) -> None:
-    from psycopg import sql
-
-    name = sql.Identifier(SCRATCH_DB)
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-
-
-def postgres_scratch(url: str) -> tuple[str, str]:
-    """Drop and create the scratch database; return its URL and the server version."""
+def drop_scratch(url: str, name: str) -> None:
     from psycopg import sql
 
     with maintenance_connection(url) as conn:
-        drop_scratch(conn)
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SCRATCH_DB)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def postgres_scratch(url: str, name: str) -> tuple[str, str]:
+    """Drop and create the scratch database ``name``; return its URL and the server version."""
+    from psycopg import sql
+
+    drop_scratch(url, name)
+    with maintenance_connection(url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         version = conn.execute("SHOW server_version").fetchone()[0]
-    return with_database(url, SCRATCH_DB), version
+    return with_database(url, name), version
 
 
-def run_database(label: str, url: str, args: argparse.Namespace) -> Results | None:
+@contextlib.contextmanager
+def scratch_database(url: str, name: str) -> Iterator[str]:
+    """A fresh scratch database on the server at ``url``, dropped afterwards."""
+    scratch, _ = postgres_scratch(url, name)
+    try:
+        yield scratch
+    finally:
+        drop_scratch(url, name)
+
+
+def check_broker(url: str) -> None:
+    """Raise :class:`Unreachable` unless a broker answers at ``url`` within a few seconds."""
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=0)
+    except Exception as exc:
+        raise Unreachable(f"{type(exc).__name__}: {str(exc).strip()}") from exc
+
+
+def run_database(
+    label: str, url: str, args: argparse.Namespace, broker: str = "django://"
+) -> Results | None:
     """Migrate the scratch database at ``url`` and measure it in a child process."""
-    print(f"\n## {label}\n\nmigrating {urlsplit(url).scheme} scratch database ...", flush=True)
-    env = django_env(url)
+    where = f"{urlsplit(url).scheme} scratch database"
+    if is_broker(broker):
+        where += f", broker {redact(broker)}, queue {BENCH_QUEUE!r}"
+    print(f"\n## {label}\n\nmigrating {where} ...", flush=True)
+    env = django_env(url, broker)
     subprocess.run(manage("migrate", "--noinput", "-v0"), cwd=REPO, env=env, check=True)
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        child = [sys.executable, __file__, "--child-output", out.name]
-        child += ["--n", str(args.n), "--latency-samples", str(args.latency_samples)]
-        child += ["--latency-budget", str(args.latency_budget)]
-        started = time.perf_counter()
-        code = subprocess.run(child, cwd=REPO, env=env).returncode
-        if code != 0:
-            loud(f"{label}: the benchmark process exited with {code}")
-            return None
-        report = json.loads(Path(out.name).read_text())
+    report = measure_in_child([sys.executable, __file__, "--child-output"], REPO, env, label, args)
+    if report is None:
+        return None
     results: Results = report["results"]
-    PROBLEMS.extend(f"{label}: {problem}" for problem in report["problems"])
-    print(f"measured in {time.perf_counter() - started:.0f}s\n")
     rows = [[lbl, fmt(key, results.get(key))] for key, lbl, _ in MEASURES]
     print(markdown_table(["measure", label], rows), flush=True)
     return results
 
 
-def machine(postgres_version: str | None) -> str:
-    import django
+def measure_in_child(
+    cmd: list[str], cwd: Path, env: dict[str, str], label: str, args: argparse.Namespace
+) -> dict[str, Any] | None:
+    """Run a measuring process (``cmd`` + an output file + the sizes); its JSON report, or
+    None (said loudly) if it failed. Its problems are kept under ``label``."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [*cmd, out.name, "--n", str(args.n), "--latency-samples", str(args.latency_samples)]
+        cmd += ["--latency-budget", str(args.latency_budget)]
+        started = time.perf_counter()
+        code = subprocess.run(cmd, cwd=cwd, env=env).returncode
+        if code != 0:
+            loud(f"{label}: the measuring process exited with {code}")
+            return None
+        report = json.loads(Path(out.name).read_text())
+    PROBLEMS.extend(f"{label}: {problem}" for problem in report["problems"])
+    print(f"measured in {time.perf_counter() - started:.0f}s\n")
+    return report
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    return urlunsplit(parts)
+
+
+# -- the Celery reference ------------------------------------------------------------------------
+
+
+def celery_python() -> Path:
+    """The Python of the Celery reference's own virtualenv, created on first use.
+
+    Celery is never installed into the project's environment; the requirements are written
+    into a marker file, so changing them rebuilds the virtualenv.
+    """
+    python = CELERY_VENV / "bin" / "python"
+    marker = CELERY_VENV / ".installed"
+    wanted = "\n".join(CELERY_REQUIREMENTS)
+    if python.exists() and marker.exists() and marker.read_text() == wanted:
+        return python
+    print(f"\ncreating {CELERY_VENV.relative_to(REPO)} for the Celery reference ...", flush=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    try:
+        subprocess.run([base, "-m", "venv", "--clear", str(CELERY_VENV)], check=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, "--upgrade", "pip"], check=True)
+        subprocess.run([*pip, *CELERY_REQUIREMENTS], check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise Unreachable(f"could not create {CELERY_VENV}: {exc}") from exc
+    marker.write_text(wanted)
+    return python
+
+
+def run_celery(
+    label: str, database_url: str, broker: str, variant: str, args: argparse.Namespace
+) -> Results | None:
+    """Measure the Celery reference (``variant``: default or reused connections)."""
+    python = celery_python()
+    print(f"\n## {label}: Celery + django-celery-results, {variant} connections\n", flush=True)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+        "BENCH_DATABASE_URL": database_url,
+        "BENCH_BROKER_URL": broker,
+        "BENCH_CELERY_VARIANT": variant,
+    }
+    cmd = [str(python), str(CELERY_DIR / "measure.py"), "--output"]
+    report = measure_in_child(cmd, CELERY_DIR, env, f"{label} Celery {variant}", args)
+    if report is None:
+        return None
+    results: Results = report["results"]
+    CELERY_VERSIONS.update(report["versions"])
+    rows = [[lbl, fmt(key, results.get(key))] for key, lbl, _ in MEASURES if key in results]
+    print(markdown_table(["measure", f"Celery {variant}"], rows), flush=True)
+    return results
+
+
+CELERY_VERSIONS: dict[str, str] = {}
+#: (key, label, higher is better) of the rows compared with Celery.
+COMPARED: tuple[tuple[str, str, bool], ...] = (
+    ("enqueue", "enqueue (tasks/s)", True),
+    ("e2e_c1", "end-to-end c=1 (tasks/s)", True),
+    ("e2e_c2", "end-to-end c=2 (tasks/s)", True),
+    ("latency_p50", "latency p50 (ms)", False),
+    ("latency_p95", "latency p95 (ms)", False),
+)
+
+
+def comparison_table(ours: Results, celery: dict[str, Results | None]) -> str:
+    """Ours, each Celery variant, and ours/Celery (for latency, Celery/ours: >1 is better)."""
+    headers = ["measure", "ours"]
+    for variant in celery:
+        headers += [f"Celery {variant}", f"ratio vs {variant}"]
+    rows = []
+    for key, label, higher in COMPARED:
+        row = [label, fmt(key, ours.get(key))]
+        for theirs in celery.values():
+            value = (theirs or {}).get(key)
+            mine = ours.get(key)
+            factor = (ratio(mine, value) if higher else ratio(value, mine)) if value else None
+            row += [fmt(key, value), "n/a" if factor is None else f"{factor:.2f}x"]
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+def targets(label: str, ours: Results) -> str:
+    e2e, p50 = ours.get("e2e_c2"), ours.get("latency_p50")
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("met" if ok else "NOT met")
 
     return (
-        f"machine: nproc={os.cpu_count()}, {platform.machine()}, Python {platform.python_version()}"
-        f", Django {django.get_version()}, PostgreSQL {postgres_version or 'n/a'}"
-        f", SQLite {sqlite3.sqlite_version}"
+        f"targets on {label}: end-to-end c=2 >= {TARGET_E2E_C2:,.0f}/s: "
+        f"{verdict(None if e2e is None else e2e >= TARGET_E2E_C2)}; latency p50 <= "
+        f"{TARGET_LATENCY_P50:g} ms: {verdict(None if p50 is None else p50 <= TARGET_LATENCY_P50)}"
     )
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def machine(postgres_version: str | None) -> str:
+    import django
+    import kombu
+
+    line = (
+        f"machine: nproc={os.cpu_count()}, {platform.machine()}, Python {platform.python_version()}"
+        f", Django {django.get_version()}, kombu {kombu.__version__}"
+        f", PostgreSQL {postgres_version or 'n/a'}, SQLite {sqlite3.sqlite_version}"
+    )
+    if CELERY_VERSIONS:
+        line += ", reference: " + ", ".join(f"{k} {v}" for k, v in CELERY_VERSIONS.items())
+    return line
+
+
+COLUMNS = ("sqlite", "postgresql", "redis", "rabbitmq")
 
 
 def parse_args() -> argparse.Namespace:
@@ -388,15 +613,37 @@ def parse_args() -> argparse.Namespace:
         "--latency-budget",
         type=float,
         default=30.0,
-        help="stop timing round trips after this many seconds per database (default: 30)",
+        help="stop timing round trips after this many seconds per column (default: 30)",
     )
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get("POSTGRES_URL", DEFAULT_POSTGRES_URL),
         help="server to use (env POSTGRES_URL); the database in it is not touched",
     )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL),
+        help=f"Redis for the broker column (env BENCH_REDIS_URL; default {DEFAULT_REDIS_URL})",
+    )
+    parser.add_argument(
+        "--rabbitmq-url",
+        default=os.environ.get("BENCH_RABBITMQ_URL", DEFAULT_RABBITMQ_URL),
+        help="RabbitMQ for the broker column (env BENCH_RABBITMQ_URL)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(COLUMNS),
+        help=f"comma-separated columns to measure, of {', '.join(COLUMNS)} (default: all)",
+    )
+    parser.add_argument(
+        "--no-celery", action="store_true", help="skip the Celery reference on brokers"
+    )
     parser.add_argument("--child-output", help=argparse.SUPPRESS)
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.only = [c.strip() for c in args.only.split(",") if c.strip()]
+    if unknown := set(args.only) - set(COLUMNS):
+        parser.error(f"unknown column(s) in --only: {', '.join(sorted(unknown))}")
+    return args
 
 
 def main() -> int:
@@ -408,21 +655,49 @@ def main() -> int:
 
     print(f"# django_tasks benchmark: n={args.n}, latency samples={args.latency_samples}")
     columns: dict[str, Results | None] = {}
-    with tempfile.TemporaryDirectory(prefix="django-tasks-bench-") as tmp:
-        columns["SQLite"] = run_database("SQLite", f"sqlite:///{tmp}/bench.sqlite3", args)
+    references: dict[str, dict[str, Results | None]] = {}
+    if "sqlite" in args.only:
+        with tempfile.TemporaryDirectory(prefix="django-tasks-bench-") as tmp:
+            columns["SQLite"] = run_database("SQLite", f"sqlite:///{tmp}/bench.sqlite3", args)
     postgres_version = None
     try:
-        url, postgres_version = postgres_scratch(args.postgres_url)
+        with maintenance_connection(args.postgres_url) as conn:
+            postgres_version = conn.execute("SHOW server_version").fetchone()[0]
     except Unreachable as exc:
         print(f"\nPostgreSQL is unreachable at {args.postgres_url}: {exc}; SQLite only.")
-    else:
-        try:
+    if postgres_version and "postgresql" in args.only:
+        with scratch_database(args.postgres_url, SCRATCH_DB) as url:
             columns["PostgreSQL"] = run_database("PostgreSQL", url, args)
-        finally:
-            with maintenance_connection(args.postgres_url) as conn:
-                drop_scratch(conn)
+    brokers = {"Redis": ("redis", args.redis_url), "RabbitMQ": ("rabbitmq", args.rabbitmq_url)}
+    for label, (key, broker) in brokers.items():
+        if key not in args.only:
+            continue
+        if not postgres_version:
+            print(f"\nSkipping {label}: its results database is PostgreSQL, unreachable.")
+            continue
+        try:
+            check_broker(broker)
+        except Unreachable as exc:
+            print(f"\nSkipping {label}: no broker at {redact(broker)} ({exc}).", flush=True)
+            continue
+        with scratch_database(args.postgres_url, BROKER_SCRATCH_DB) as url:
+            columns[label] = run_database(label, url, args, broker)
+        if args.no_celery:
+            continue
+        references[label] = {}
+        with scratch_database(args.postgres_url, CELERY_SCRATCH_DB) as url:
+            for variant in CELERY_VARIANTS:
+                try:
+                    references[label][variant] = run_celery(label, url, broker, variant, args)
+                except Unreachable as exc:
+                    print(f"\nSkipping the Celery reference: {exc}", flush=True)
+                    references.pop(label)
+                    break
 
     print(f"\n## Summary\n\n{machine(postgres_version)}\n")
+    if not columns:
+        print("Nothing was measured (see the messages above).")
+        return 1 if PROBLEMS else 0
     rows = [
         [label, *(fmt(key, (r or {}).get(key)) for r in columns.values())]
         for key, label, _ in MEASURES
@@ -432,6 +707,24 @@ def main() -> int:
         "\nratios: ours / raw-SQL floor on the same database (1.00 = as fast as the floor);"
         " enqueue vs floor inserts, end-to-end c=1 vs floor claim+complete."
     )
+    for label in brokers:
+        ours = columns.get(label)
+        if ours is None:
+            continue
+        if label in references:
+            print(
+                f"\n### {label}: ours vs Celery 5 + django-celery-results"
+                " (same broker, same PostgreSQL)\n"
+            )
+            print(comparison_table(ours, references[label]))
+        print(f"\n{targets(label, ours)}")
+    if references:
+        print(
+            "\nratio: ours / Celery for rates, Celery / ours for latency (above 1x: ours is"
+            " better). Celery 'default': as installed, the Django fixup closes the database"
+            " connection around every task; 'reused': CELERY_DB_REUSE_MAX=100000."
+            " Celery's get() polls every 1 ms (its default, 0.5 s, would add ~500 ms)."
+        )
     for problem in PROBLEMS:
         print(f"\n!!! PROBLEM: {problem}")
     return 1 if PROBLEMS else 0
