@@ -5,11 +5,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/django_tasks
 MYSQL_URL ?= mysql://root@127.0.0.1:3306/django_tasks
+REDIS_URL ?= redis://127.0.0.1:6379/15
+RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672//
 INSTALLED := $(VENV)/.installed
 # Another Django for the same run, e.g. DJANGO='django>=6.0,<7' (with PYTHON=python3.12).
 DJANGO ?=
 
-.PHONY: demo test test-sqlite test-postgres test-mysql lint format bench clean
+.PHONY: demo test test-sqlite test-postgres test-redis test-rabbitmq test-mysql lint format bench bench-brokers clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,14 +24,21 @@ demo: $(INSTALLED)
 	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python manage.py demo
 
-## test: the whole suite, on SQLite and then on PostgreSQL
-test: test-sqlite test-postgres
+## test: the whole suite on four transports: the database transport on SQLite and on
+## PostgreSQL, then Redis and RabbitMQ (results in PostgreSQL)
+test: test-sqlite test-postgres test-redis test-rabbitmq
 
 test-sqlite: $(INSTALLED)
 	DATABASE_URL=sqlite:///$(CURDIR)/.test-db.sqlite3 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-postgres: $(INSTALLED)
 	DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-redis: $(INSTALLED)
+	DATABASE_URL=$(POSTGRES_URL) DJANGO_TASKS_BROKER_URL=$(REDIS_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-rabbitmq: $(INSTALLED)
+	DATABASE_URL=$(POSTGRES_URL) DJANGO_TASKS_BROKER_URL=$(RABBITMQ_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## test-mysql: the suite on MySQL/MariaDB (needs the client headers: libmariadb-dev)
 test-mysql: $(INSTALLED)
@@ -45,9 +54,14 @@ format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## bench: throughput and latency on SQLite and PostgreSQL (see bench/README.md)
+## bench: throughput and latency on SQLite, PostgreSQL, Redis and RabbitMQ, the brokers next to
+## Celery + django-celery-results in bench/.venv-celery (see bench/README.md)
 bench: $(INSTALLED)
 	$(BIN)/python bench/run.py
 
+## bench-brokers: the Redis and RabbitMQ columns and their Celery reference only
+bench-brokers: $(INSTALLED)
+	$(BIN)/python bench/run.py --only redis,rabbitmq
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .test-db.sqlite3* db.sqlite3*
+	rm -rf $(VENV) bench/.venv-celery *.egg-info .pytest_cache .ruff_cache .test-db.sqlite3* db.sqlite3*
