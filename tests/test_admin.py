@@ -104,6 +104,39 @@ def test_changelist_filters_by_task_name_and_queue_and_searches_arguments(staff_
     ) == {a.id, b.id, c.id}
 
 
+def test_search_by_short_id_in_any_case_uses_the_prefix(staff_client):
+    a = tasks.add.delay(1, 1)
+    b = tasks.add.delay(2, 2)
+    c = tasks.add.delay(12345678, 0)
+    page = staff_client.get(reverse(CHANGELIST), {"q": a.id[:8].upper()}).content.decode()
+    assert a.id[:8] in page
+    assert b.id[:8] not in page
+    # Eight digits that start no id are searched for in the arguments.
+    page = staff_client.get(reverse(CHANGELIST), {"q": "12345678"}).content.decode()
+    assert c.id[:8] in page
+    assert a.id[:8] not in page
+
+
+def test_search_results_are_paged_and_counted(staff_client, django_assert_max_num_queries):
+    found = [tasks.record.delay(label=f"batch-{i}") for i in range(53)]
+    tasks.add.delay(1, 1)
+    url = reverse(CHANGELIST)
+    staff_client.get(url)  # warm the session and content types
+    with django_assert_max_num_queries(20) as first_page:
+        page = staff_client.get(url, {"q": "batch-"}).content.decode()
+    assert "53 results" in page
+    assert page.count('class="action-select"') == 50
+    counts = [q["sql"] for q in first_page.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert len(counts) == 1 and "OVER" in counts[0].upper()  # counted in the page's own query
+    second = staff_client.get(url, {"q": "batch-", "p": 2}).content.decode()
+    assert second.count('class="action-select"') == 3
+    shown = {r.id for r in found if r.id[:8] in page + second}
+    assert shown == {r.id for r in found}
+    assert staff_client.get(url, {"q": "batch-", "p": 3}).status_code == 302  # past the end
+    nothing = staff_client.get(url, {"q": "no-such-text"}).content.decode()
+    assert "0 results" in nothing
+
+
 def test_changelist_query_count_does_not_grow_with_rows(
     staff_client, django_assert_max_num_queries
 ):
