@@ -24,6 +24,13 @@ def _error(key: str, msg: str, hint: str, id_: int) -> Error:
     return Error(f"{SETTINGS_NAME}[{key!r}]: {msg}", hint=hint, id=f"django_tasks.E{id_:03d}")
 
 
+def _positive_integer(key: str, id_: int) -> list[CheckMessage]:
+    value = getattr(tasks_settings, key)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return []
+    return [_error(key, f"must be an integer >= 1, not {value!r}", "", id_)]
+
+
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     from django.conf import settings
@@ -152,11 +159,8 @@ def _check_values() -> list[CheckMessage]:
             errors.append(
                 _error(key, f"must be a positive number of seconds, not {value!r}", "", 12)
             )
-    prefetch = s.WORKER_PREFETCH_MAX
-    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 1:
-        errors.append(
-            _error("WORKER_PREFETCH_MAX", f"must be an integer >= 1, not {prefetch!r}", "", 13)
-        )
+    errors.extend(_positive_integer("WORKER_PREFETCH_MAX", 13))
+    errors.extend(_positive_integer("BROKER_POOL_LIMIT", 20))
     errors.extend(_check_api())
     return errors
 
@@ -184,9 +188,7 @@ def _check_api() -> list[CheckMessage]:
                 errors.append(
                     _error("API_PERMISSION_CLASSES", f"cannot import {path!r}: {exc}", "", 15)
                 )
-    size = s.API_PAGE_SIZE
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        errors.append(_error("API_PAGE_SIZE", f"must be an integer >= 1, not {size!r}", "", 16))
+    errors.extend(_positive_integer("API_PAGE_SIZE", 16))
     wait = s.API_MAX_WAIT
     if not isinstance(wait, int | float) or isinstance(wait, bool) or wait < 0:
         errors.append(

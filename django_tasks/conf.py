@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "TASK_ROUTES": {},
     # kombu's transport_options for broker URLs (e.g. Redis's visibility_timeout).
     "BROKER_TRANSPORT_OPTIONS": {},
+    # Publishing connections per process and broker (Celery's broker_pool_limit).
+    "BROKER_POOL_LIMIT": 10,
     "RESULT_EXPIRES": 86400,
     # Worker tuning, beyond Celery's names.
     "WORKER_LEASE_SECONDS": 30.0,

@@ -8,6 +8,7 @@ rest of the suite runs on brokers unchanged.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -26,6 +27,7 @@ from django_tasks.messages import compression_content_type
 from django_tasks.models import TaskResult
 from django_tasks.testing import run_until_empty
 from django_tasks.transports import get_transport
+from django_tasks.transports.broker import producer_pool
 from tests.conftest import broker_url, purge_broker_queues, wait_until
 from tests.taskapp import tasks
 from tests.taskapp.models import Run
@@ -265,6 +267,61 @@ def closed_port_url() -> str:
     auth = parts.netloc.rpartition("@")[0]
     netloc = f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.fixture
+def fresh_pools(monkeypatch):
+    """Producer pools made in this test only (they are per process, and read the limit once)."""
+    from django_tasks.transports import broker
+
+    monkeypatch.setattr(broker, "_producer_pools", {})
+
+
+def test_sends_borrow_from_a_pool_bounded_by_broker_pool_limit(settings, fresh_pools):
+    settings.DJANGO_TASKS = {**settings.DJANGO_TASKS, "BROKER_POOL_LIMIT": 2}
+    pool = producer_pool(get_transport().broker)
+    held = [pool.acquire(block=True) for _ in range(2)]
+    sent = []
+
+    def send() -> None:
+        try:
+            sent.append(tasks.add.delay(2, 3))
+        finally:
+            connection.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    sender.join(0.5)
+    assert sender.is_alive()  # both connections are lent out: the send waits for one
+    held.pop().release()
+    sender.join(10)
+    assert not sender.is_alive()
+    held.pop().release()
+    assert run_until_empty() == 1
+    assert sent[0].get(timeout=1) == 5
+
+
+def test_a_forked_child_publishes_on_connections_of_its_own():
+    first = tasks.add.delay(1, 1)  # the parent's pool now holds a connection
+    parents_pool = producer_pool(get_transport().broker)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            connection.connection = None  # the parent's database session: not ours to use
+            if producer_pool(get_transport().broker) is parents_pool:
+                code = 2  # it would write to the parent's sockets
+            else:
+                tasks.add.delay(2, 2)
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    third = tasks.add.delay(3, 3)  # the parent's connection still works
+    assert run_until_empty() == 3
+    assert sorted(TaskResult.objects.values_list("result", flat=True)) == [2, 4, 6]
+    assert (first.get(timeout=1), third.get(timeout=1)) == (2, 6)
 
 
 @pytest.fixture

@@ -70,6 +70,8 @@ def test_bad_broker_url(value, expected, settings):
         ("WORKER_LEASE_SECONDS", 0, "django_tasks.E012"),
         ("WORKER_POLL_INTERVAL", -1, "django_tasks.E012"),
         ("WORKER_PREFETCH_MAX", 0, "django_tasks.E013"),
+        ("BROKER_POOL_LIMIT", 0, "django_tasks.E020"),
+        ("BROKER_POOL_LIMIT", None, "django_tasks.E020"),
         ("API_EXPOSE_TRACEBACKS", "no", "django_tasks.E008"),
         ("API_EXPOSE_ARGUMENTS", 1, "django_tasks.E008"),
         (

@@ -17,16 +17,20 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
+import threading
 import time
 from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
-from kombu import Connection, Exchange, Producer, Queue
+from kombu import Connection, Exchange, Queue
 from kombu import Consumer as KombuConsumer
 from kombu.exceptions import OperationalError
 from kombu.message import Message
+from kombu.pools import ProducerPool
+from kombu.utils.collections import eqhash
 
 from .. import states
 from ..conf import tasks_settings
@@ -57,6 +61,37 @@ RELAY_COLUMNS = tuple(
 )
 
 
+#: Producer pools, one per broker (connection URL and options), shared by the threads of a
+#: process. Sends borrow a producer and its connection, and give them back after publishing.
+_producer_pools: dict[Any, ProducerPool] = {}
+_pools_lock = threading.Lock()
+#: Pools a forked child inherited: kept, unused, so that their sockets, which the parent
+#: still uses, are never closed or garbage-collected by the child.
+_inherited_pools: list[Any] = []
+
+
+def producer_pool(broker: Connection) -> ProducerPool:
+    """The process's producer pool for ``broker``, at most ``BROKER_POOL_LIMIT`` connections."""
+    key = eqhash(broker)  # kombu's identity of a broker: transport, host, user, options…
+    with _pools_lock:
+        pool = _producer_pools.get(key)
+        if pool is None:
+            limit = int(tasks_settings.BROKER_POOL_LIMIT)
+            pool = _producer_pools[key] = ProducerPool(broker.Pool(limit=limit), limit=limit)
+        return pool
+
+
+def _forget_inherited_pools() -> None:
+    global _pools_lock
+    _inherited_pools.extend(_producer_pools.values())
+    _producer_pools.clear()
+    _pools_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+# kombu forgets its own pools only in ``multiprocessing`` children; the prefork pool uses fork.
+os.register_at_fork(after_in_child=_forget_inherited_pools)
+
+
 class BadMessage(Exception):
     """A message this worker cannot run; its text says why."""
 
@@ -70,8 +105,7 @@ class BrokerTransport(DatabaseTransport):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        self._publisher: Connection | None = None
-        self._producer: Producer | None = None
+        self._broker: Connection | None = None  # never connected: it names the producer pool
         self._receiver: Connection | None = None
         self._consumer: KombuConsumer | None = None
         self._listening: tuple[str, ...] = ()
@@ -89,14 +123,15 @@ class BrokerTransport(DatabaseTransport):
         return Connection(self.url, transport_options=options)
 
     @property
-    def is_amqp(self) -> bool:
-        return self._publisher_connection().transport.driver_type == "amqp"
+    def broker(self) -> Connection:
+        """The broker's kombu connection, as configured (not connected): the pool's key."""
+        if self._broker is None:
+            self._broker = self._connection()
+        return self._broker
 
-    def _publisher_connection(self) -> Connection:
-        if self._publisher is None:
-            self._publisher = self._connection()
-            self._producer = Producer(self._publisher, auto_declare=False)
-        return self._publisher
+    @property
+    def is_amqp(self) -> bool:
+        return self.broker.transport.driver_type == "amqp"
 
     def kombu_queue(self, name: str) -> Queue:
         """The broker queue (and its direct exchange) for a task queue name."""
@@ -105,15 +140,11 @@ class BrokerTransport(DatabaseTransport):
         return Queue(name, exchange, routing_key=name, durable=True, max_priority=max_priority)
 
     def describe(self) -> str:
-        conn = self._publisher_connection()
-        return f"{conn.as_uri()} (results: {super().describe()})"
+        return f"{self.broker.as_uri()} (results: {super().describe()})"
 
     def close(self) -> None:
         super().close()
         self._close_receiver()
-        if self._publisher is not None:
-            self._publisher.release()
-            self._publisher = self._producer = None
 
     def _close_receiver(self) -> None:
         for message in self._inbox:
@@ -181,30 +212,31 @@ class BrokerTransport(DatabaseTransport):
     ) -> None:
         """Publish one message; on connection errors retry per ``retry_policy`` through
         kombu's ``ensure``, then raise :class:`kombu.exceptions.OperationalError`."""
-        conn = self._publisher_connection()
-        producer = self._producer
-        assert producer is not None
         queue = self.kombu_queue(message["queue"])
+        # The policy goes to ensure() explicitly, never to publish(retry=True), which would
+        # leave it in the pooled connection's options for later retry=False sends.
         policy = policy_for_kombu(retry_policy) if retry else {"max_retries": 0}
-        try:
-            conn.ensure_connection(**policy)
-            publish = conn.ensure(producer, producer.publish, **policy) if retry else None
-            kwargs = self._publish_arguments(message, queue)
-            if publish is not None:
-                publish(message["body"], **kwargs)
-            else:
-                producer.publish(message["body"], **kwargs)
-        except OperationalError as exc:
-            self._reset_publisher()
-            raise OperationalError(
-                f"Could not send task {message['task_name']!r}: the broker at "
-                f"{conn.as_uri()} is unreachable: {exc}"
-            ) from exc
-        except conn.recoverable_connection_errors + conn.recoverable_channel_errors as exc:
-            self._reset_publisher()
-            raise OperationalError(
-                f"Could not send task {message['task_name']!r} to {conn.as_uri()}: {exc}"
-            ) from exc
+        with producer_pool(self.broker).acquire(block=True) as producer:
+            conn = producer.connection
+            try:
+                conn.ensure_connection(**policy)
+                publish = conn.ensure(producer, producer.publish, **policy) if retry else None
+                kwargs = self._publish_arguments(message, queue)
+                if publish is not None:
+                    publish(message["body"], **kwargs)
+                else:
+                    producer.publish(message["body"], **kwargs)
+            except OperationalError as exc:
+                self._quietly(conn.collect)  # the next borrower connects afresh
+                raise OperationalError(
+                    f"Could not send task {message['task_name']!r}: the broker at "
+                    f"{conn.as_uri()} is unreachable: {exc}"
+                ) from exc
+            except conn.recoverable_connection_errors + conn.recoverable_channel_errors as exc:
+                self._quietly(conn.collect)
+                raise OperationalError(
+                    f"Could not send task {message['task_name']!r} to {conn.as_uri()}: {exc}"
+                ) from exc
 
     def _publish_arguments(self, message: dict[str, Any], queue: Queue) -> dict[str, Any]:
         priority = min(message["priority"], MAX_PRIORITY)
@@ -226,11 +258,6 @@ class BrokerTransport(DatabaseTransport):
         if expires is not None:
             kwargs["expiration"] = max((expires - timezone.now()).total_seconds(), 0.001)
         return kwargs
-
-    def _reset_publisher(self) -> None:
-        if self._publisher is not None:
-            self._quietly(self._publisher.release)
-        self._publisher = self._producer = None
 
     # -- the relay ----------------------------------------------------------------------------
 
@@ -318,7 +345,7 @@ class BrokerTransport(DatabaseTransport):
             time.sleep(min(max(timeout, 0.1), 1.0))
 
     def _connection_errors(self) -> tuple[type[BaseException], ...]:
-        conn = self._receiver or self._publisher_connection()
+        conn = self._receiver or self.broker
         return (*conn.recoverable_connection_errors, *conn.recoverable_channel_errors, OSError)
 
     def claim(
