@@ -6,7 +6,7 @@ import os
 import pytest
 
 from django_tasks import states
-from django_tasks.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
+from django_tasks.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django_tasks.models import TaskResult
 from django_tasks.testing import run_until_empty
 from tests.conftest import wait_until
@@ -79,17 +79,20 @@ def test_prefork_hard_limit_kills_and_replaces_the_child(start_worker):
 # a broker hands them out one by one, as they arrive.
 @pytest.mark.database_transport
 @pytest.mark.worker
-def test_prefork_hard_limit_leaves_the_childs_other_work_to_the_lost_worker_rule(start_worker):
-    """Tasks the child had claimed behind the killed one get the rule for a lost worker:
-    acks_late ones run again, others fail with WorkerLostError."""
+def test_prefork_hard_limit_queues_the_childs_unstarted_tasks_again(start_worker):
+    """Tasks the killed child had claimed behind the limited one had not started: they run
+    in the new child, acks_late or not, as Celery's parent hands them on."""
+    before = tasks.add.delay(1, 1)
     limited = tasks.hard_limited.delay("first")
     behind = tasks.add.delay(2, 3)
     behind_late = tasks.sleep_acks_late.delay(0, "late")
-    start_worker("--concurrency", "1")
+    worker = start_worker("--concurrency", "1")
     assert isinstance(limited.get(timeout=30, propagate=False), TimeLimitExceeded)
-    wait_until(behind.ready, timeout=20, what="the task behind it")
-    assert isinstance(behind.result, WorkerLostError)
+    assert behind.get(timeout=20) == 5, worker.output()
     assert behind_late.get(timeout=20) == "late"
+    assert before.get(timeout=1) == 2  # finished before the kill, and recorded once
+    assert [state for state, _ in details(before)].count(states.SUCCESS) == 1
+    assert "Queued again 2 task(s)" in worker.output()
 
 
 @pytest.mark.worker

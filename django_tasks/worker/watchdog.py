@@ -5,8 +5,10 @@ writes the task it is running and that task's hard deadline. The supervisor's
 :class:`Watchdog` reads the slots every tick: it kills a child whose task is past its
 ``time_limit`` (``SIGKILL``), and sends the requested signal to a child whose task was
 revoked with ``terminate=True``. Once the child is dead, the task is recorded as
-``FAILURE`` with :class:`TimeLimitExceeded` or as ``REVOKED`` (terminated); the other tasks
-the child held then get the usual lost-worker rule, and the pool replaces the child.
+``FAILURE`` with :class:`TimeLimitExceeded` or as ``REVOKED`` (terminated), and the pool
+replaces the child. The other tasks the child held are queued again after a time-limit kill
+(a child records every finished task before it starts one with a hard limit, so those left
+had not started); after a terminate, they get the usual lost-worker rule.
 """
 
 from __future__ import annotations
@@ -172,7 +174,31 @@ class Watchdog:
             recorded = still_on_it and record_states([verdict.change], lease_token=verdict.token)
             if recorded and verdict.change.state == states.FAILURE:
                 _apply_errbacks(verdict.pk, verdict.change)
+            if verdict.change.state == states.FAILURE:  # killed at its time limit
+                _give_back_unstarted(verdict.token, verdict.pk, pid)
             del self._verdicts[pid]
+
+
+def _give_back_unstarted(token: str, killed: int, pid: int) -> None:
+    """Queue again the tasks a child killed at a hard limit had claimed but not started.
+
+    Before a task with a hard limit starts, its child records the outcomes of the tasks it
+    ran before it, so the rows still leased to the child are tasks it never began. They
+    are released for any worker to claim, and (broker transports) published again by the
+    relay, whatever their ``acks_late``: as in Celery, where the parent hands them on.
+    """
+    from ..models import CLAIMABLE_STATES, TaskResult
+
+    unstarted = TaskResult.objects.filter(lease_token=token, state__in=CLAIMABLE_STATES)
+    returned = unstarted.exclude(pk=killed).update(
+        lease_token=None, lease_expires=None, worker="", date_started=None, dispatched=False
+    )
+    if returned:
+        logger.warning(
+            "Queued again %d task(s) that worker process %d had claimed but not started",
+            returned,
+            pid,
+        )
 
 
 def _apply_errbacks(pk: int, change: StateChange) -> None:
