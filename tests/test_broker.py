@@ -440,6 +440,18 @@ def test_a_send_rides_out_a_broker_restart(outage, broker_at):
     assert (first.get(timeout=1), second.get(timeout=1)) == (2, 4)
 
 
+def test_sending_works_again_once_the_broker_is_back(outage, broker_at):
+    broker_at(url_through(outage))
+    first = tasks.add.delay(1, 1)  # a pooled connection is now open through the relay
+    outage.stop()
+    with pytest.raises(OperationalError):
+        tasks.add.apply_async((2, 2), retry=False)
+    outage.start()
+    third = tasks.add.apply_async((3, 3), retry=False)  # the failed connection was dropped
+    assert run_until_empty() == 2
+    assert (first.get(timeout=1), third.get(timeout=1)) == (2, 6)
+
+
 def test_a_worker_reconnects_after_a_broker_restart(outage, start_worker):
     url = url_through(outage)
     worker = start_worker(env={"DJANGO_TASKS_BROKER_URL": url}, lease_seconds=5)
