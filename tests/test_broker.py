@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -28,7 +30,7 @@ from django_tasks.models import TaskResult
 from django_tasks.testing import run_until_empty
 from django_tasks.transports import get_transport
 from django_tasks.transports.broker import producer_pool
-from tests.conftest import broker_url, purge_broker_queues, wait_until
+from tests.conftest import REPO, broker_url, database_url, purge_broker_queues, wait_until
 from tests.taskapp import tasks
 from tests.taskapp.models import Run
 
@@ -301,27 +303,50 @@ def test_sends_borrow_from_a_pool_bounded_by_broker_pool_limit(settings, fresh_p
     assert sent[0].get(timeout=1) == 5
 
 
+#: Run in a fresh interpreter: forking this multi-threaded test process could deadlock.
+FORKING_SENDER = """
+import os
+import django
+
+django.setup()
+from django.db import connection
+from django_tasks.transports import get_transport
+from django_tasks.transports.broker import producer_pool
+from tests.taskapp import tasks
+
+tasks.add.delay(1, 1)  # the parent's pool now holds a connection
+parents_pool = producer_pool(get_transport().broker)
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        connection.connection = None  # the parent's database session: not ours to use
+        if producer_pool(get_transport().broker) is parents_pool:
+            code = 2  # it would write to the parent's sockets
+        else:
+            tasks.add.delay(2, 2)
+            code = 0
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, f"the child failed: {status}"
+tasks.add.delay(3, 3)  # the parent's connection still works
+"""
+
+
 def test_a_forked_child_publishes_on_connections_of_its_own():
-    first = tasks.add.delay(1, 1)  # the parent's pool now holds a connection
-    parents_pool = producer_pool(get_transport().broker)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            connection.connection = None  # the parent's database session: not ours to use
-            if producer_pool(get_transport().broker) is parents_pool:
-                code = 2  # it would write to the parent's sockets
-            else:
-                tasks.add.delay(2, 2)
-                code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    third = tasks.add.delay(3, 3)  # the parent's connection still works
+    env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    sender = subprocess.run(
+        [sys.executable, "-c", FORKING_SENDER],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sender.returncode == 0, sender.stdout + sender.stderr
     assert run_until_empty() == 3
     assert sorted(TaskResult.objects.values_list("result", flat=True)) == [2, 4, 6]
-    assert (first.get(timeout=1), third.get(timeout=1)) == (2, 6)
 
 
 @pytest.fixture
