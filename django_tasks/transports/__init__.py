@@ -51,7 +51,11 @@ os.register_at_fork(after_in_child=_forget_inherited_transport)
 
 
 def get_transport() -> Transport:
-    """The transport for ``BROKER_URL``, one per thread (connections are per thread)."""
+    """The transport for ``BROKER_URL``, one per thread.
+
+    A transport's consuming connection is its thread's; broker sends borrow from a pool
+    shared by the process's threads (:func:`~django_tasks.transports.broker.producer_pool`).
+    """
     url = tasks_settings.BROKER_URL
     transport = getattr(_local, "transport", None)
     if transport is None or transport.url != url:
