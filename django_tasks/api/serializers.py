@@ -71,8 +71,7 @@ class TaskResultSerializer(serializers.ModelSerializer):
     def get_states(self, obj: TaskResult) -> list[dict[str, Any]]:
         if obj.pk is None:
             return []
-        rows = [{"state": states.PENDING, "at": obj.date_created}]
-        rows.extend({"state": change.state, "at": change.at} for change in obj.history.all())
+        rows = [{"state": state, "at": at} for state, at in obj.state_history()]
         return StateChangeSerializer(rows, many=True).data
 
     def to_representation(self, instance: TaskResult) -> dict[str, Any]:

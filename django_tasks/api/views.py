@@ -148,21 +148,20 @@ class TaskResultDetail(TaskResultAPIView):
 
     def get(self, request: Request, task_id: str) -> Response:
         wait = self._wait_seconds()
-        task = self.get_result(task_id)
-        data = self._data(task_id, task)
+        seen = change_marker(task_id) if wait else None  # before reading: no change slips by
+        data = self._data(task_id, self.get_result(task_id))
         etag = _etag(data)
         known = parse_etags(request.headers.get("If-None-Match", ""))
         if wait and not data["ready"] and (not known or etag in known or "*" in known):
             # Answer when what this user sees changes (not on changes hidden from them).
             deadline = time.monotonic() + wait
-            while True:
-                seen = change_marker(task_id)  # before reading, so no change slips between
+            while (remaining := deadline - time.monotonic()) > 0 and wait_for_change(
+                task_id, seen, remaining
+            ):
+                seen = change_marker(task_id)
                 data = self._data(task_id, self.get_result(task_id))
                 if _etag(data) != etag:
                     etag = _etag(data)
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not wait_for_change(task_id, seen, remaining):
                     break
         headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
         if etag in known or "*" in known:

@@ -269,7 +269,6 @@ class BrokerTransport(DatabaseTransport):
             state__in=CLAIMABLE_STATES, lease_token__isnull=True, dispatched=False
         )
         skip_locked = connection.features.has_select_for_update_skip_locked
-        published = 0
         # Row locks keep two relays apart; SQLite has none, and a read transaction there
         # could not be upgraded to write once a worker has written.
         locking = connection.vendor != "sqlite"
@@ -287,11 +286,10 @@ class BrokerTransport(DatabaseTransport):
                     retry=True,
                     retry_policy=tasks_settings.TASK_PUBLISH_RETRY_POLICY,
                 )
-                published += 1
             if rows:
                 TaskResult.objects.filter(pk__in=[r[0] for r in rows]).update(dispatched=True)
-        if published:
-            logger.info("Relay published %d due task(s)", published)
+        if rows:
+            logger.info("Relay published %d due task(s)", len(rows))
         if len(rows) == RELAY_BATCH:
             return 0.0
         next_due = waiting.order_by("run_after").values_list("run_after", flat=True).first()
@@ -440,9 +438,7 @@ class BrokerTransport(DatabaseTransport):
         if acked:
             returned += TaskResult.objects.filter(
                 pk__in=[c.pk for c in acked], lease_token=lease_token
-            ).update(
-                lease_token=None, lease_expires=None, worker="", date_started=None, dispatched=False
-            )
+            ).give_back(republish=True)
         if requeued:
             returned += self.release(lease_token, [c.pk for c in requeued])
             for task in requeued:

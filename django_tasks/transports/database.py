@@ -283,8 +283,8 @@ class DatabaseTransport(Transport):
     def release(self, lease_token: str, pks: list[int]) -> int:
         if not pks:
             return 0
-        return TaskResult.objects.filter(pk__in=pks, lease_token=lease_token).update(
-            lease_token=None, lease_expires=None, worker="", date_started=None
+        return TaskResult.objects.filter(pk__in=pks, lease_token=lease_token).give_back(
+            republish=False
         )
 
     def recover_expired_leases(self, lease_tokens: list[str] | None = None) -> int:

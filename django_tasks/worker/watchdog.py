@@ -190,9 +190,7 @@ def _give_back_unstarted(token: str, killed: int, pid: int) -> None:
     from ..models import CLAIMABLE_STATES, TaskResult
 
     unstarted = TaskResult.objects.filter(lease_token=token, state__in=CLAIMABLE_STATES)
-    returned = unstarted.exclude(pk=killed).update(
-        lease_token=None, lease_expires=None, worker="", date_started=None, dispatched=False
-    )
+    returned = unstarted.exclude(pk=killed).give_back(republish=True)
     if returned:
         logger.warning(
             "Queued again %d task(s) that worker process %d had claimed but not started",
