@@ -2,6 +2,10 @@
 
 Use ``from django_tasks.conf import tasks_settings`` and read attributes, e.g.
 ``tasks_settings.TASK_DEFAULT_QUEUE``. Validation lives in :mod:`django_tasks.checks`.
+
+Settings named in :data:`IMPORT_STRINGS` (as in DRF's ``APISettings``) are imported on first
+access and cached until ``DJANGO_TASKS`` changes: ``tasks_settings.API_PERMISSION_CLASSES`` is
+a list of classes. ``tasks_settings.raw(name)`` gives the configured value, not imported.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
 
 SETTINGS_NAME = "DJANGO_TASKS"
 
@@ -50,24 +55,65 @@ DEFAULTS: dict[str, Any] = {
     "API_MAX_WAIT": 30,  # the cap on ?wait=N (seconds)
 }
 
+#: Settings given as a dotted import string, or a list of them, and read as what they name.
+IMPORT_STRINGS: tuple[str, ...] = ("API_PERMISSION_CLASSES",)
+
+
+def import_from_string(value: Any, setting_name: str) -> Any:
+    """The object that the import string ``value`` names; ImportError naming the setting."""
+    if not isinstance(value, str):
+        raise ImportError(
+            f"Could not import {value!r} for {SETTINGS_NAME} setting {setting_name!r}: "
+            f"not an import string."
+        )
+    try:
+        return import_string(value)
+    except ImportError as exc:
+        raise ImportError(
+            f"Could not import {value!r} for {SETTINGS_NAME} setting {setting_name!r}. "
+            f"{type(exc).__name__}: {exc}."
+        ) from exc
+
+
+def perform_import(value: Any, setting_name: str) -> Any:
+    """``value`` imported: a string as one object, a list or tuple as a list; None as is."""
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        return [import_from_string(item, setting_name) for item in value]
+    return import_from_string(value, setting_name)
+
 
 class TasksSettings:
-    """Attribute access to ``settings.DJANGO_TASKS`` merged over :data:`DEFAULTS`."""
+    """Attribute access to ``settings.DJANGO_TASKS`` merged over :data:`DEFAULTS`.
 
-    def __init__(self) -> None:
+    A setting in ``import_strings`` reads as the object(s) its import string(s) name, imported
+    once and cached until :meth:`reload` (called when ``DJANGO_TASKS`` changes).
+    """
+
+    def __init__(self, import_strings: tuple[str, ...] = IMPORT_STRINGS) -> None:
+        self.import_strings = import_strings
         self._cache: dict[str, Any] = {}
 
     @property
     def user_settings(self) -> dict[str, Any]:
         return getattr(settings, SETTINGS_NAME, None) or {}
 
-    def __getattr__(self, name: str) -> Any:
+    def raw(self, name: str) -> Any:
+        """The configured value of setting ``name`` (an import string is not imported)."""
         if name.startswith("_") or name not in DEFAULTS:
+            raise AttributeError(f"Invalid django_tasks setting: {name!r}")
+        return self.user_settings.get(name, copy.deepcopy(DEFAULTS[name]))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in DEFAULTS:  # and no recursion on self._cache
             raise AttributeError(f"Invalid django_tasks setting: {name!r}")
         try:
             return self._cache[name]
         except KeyError:
-            value = self.user_settings.get(name, copy.deepcopy(DEFAULTS[name]))
+            value = self.raw(name)
+            if name in self.import_strings:
+                value = perform_import(value, name)  # on failure, nothing is cached
             self._cache[name] = value
             return value
 

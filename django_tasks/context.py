@@ -35,7 +35,7 @@ class Request:
 _local = threading.local()
 
 
-def request_stack() -> list[tuple[Any, Request]]:
+def request_stack() -> list[tuple[object, Request]]:
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []

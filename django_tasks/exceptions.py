@@ -1,5 +1,8 @@
 """Exceptions raised to users of django_tasks, named as in Celery."""
 
+from datetime import datetime
+from typing import Any
+
 from kombu.exceptions import EncodeError, OperationalError
 
 __all__ = [
@@ -58,12 +61,57 @@ class TimeLimitExceeded(Exception):
 
 
 class Retry(Exception):
-    """Raised by ``Task.retry()`` to tell the worker to run the task again later."""
+    """Raised by ``Task.retry()`` to tell the worker to run the task again later.
 
-    def __init__(self, message: str | None = None, exc: BaseException | None = None, when=None):
+    ``exc`` is the reason, ``when`` the time to run again; ``args``/``kwargs`` given to
+    ``retry()`` replace the call's (None: keep them), and ``options`` holds the
+    ``queue``/``priority``/``expires``/``headers`` it changes.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        exc: BaseException | None = None,
+        when: datetime | None = None,
+        *,
+        args_override: list[Any] | None = None,
+        kwargs_override: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.exc = exc
         self.when = when
+        self.args_override = args_override
+        self.kwargs_override = kwargs_override
+        self.options: dict[str, Any] = options or {}
         super().__init__(message or (f"Retry in {when}" if when is not None else "Retry"))
 
-    def __reduce__(self):
-        return self.__class__, (self.args[0], self.exc, self.when)
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_retry,
+            (
+                self.args[0],
+                self.exc,
+                self.when,
+                self.args_override,
+                self.kwargs_override,
+                self.options,
+            ),
+        )
+
+
+def _rebuild_retry(
+    message: str,
+    exc: BaseException | None,
+    when: datetime | None,
+    args_override: list[Any] | None,
+    kwargs_override: dict[str, Any] | None,
+    options: dict[str, Any],
+) -> Retry:
+    return Retry(
+        message,
+        exc,
+        when,
+        args_override=args_override,
+        kwargs_override=kwargs_override,
+        options=options,
+    )

@@ -67,12 +67,14 @@ def check_compression(name: str, *, option: str = "compression") -> None:
 
 def compression_content_type(name: str) -> str:
     """The media type kombu puts in a message's ``compression`` header for ``name``."""
-    return kombu_compression.get_encoder(name)[1]
+    content_type: str = kombu_compression.get_encoder(name)[1]
+    return content_type
 
 
 def serializer_of(content_type: str) -> str:
     """The serializer name for a media type (``application/json`` -> ``json``)."""
-    return serialization.registry.type_to_name[content_type]
+    name: str = serialization.registry.type_to_name[content_type]
+    return name
 
 
 def accepted_content_types(accept: list[str]) -> set[str]:
@@ -114,7 +116,7 @@ def encode_arguments(
 def decode_arguments(
     args: Any,
     kwargs: Any,
-    body: bytes | None,
+    body: bytes | memoryview | None,
     content_type: str,
     compression: str | None,
     accept: set[str],

@@ -56,22 +56,6 @@ class TaskResultQuerySet(models.QuerySet["TaskResult"]):
             run_after__lte=now,
         ).order_by("-priority", "run_after", "id")
 
-    def give_back(self, *, republish: bool) -> int:
-        """Release these leased, unstarted tasks for any worker to claim; returns how many.
-
-        ``republish``: their message is gone (acknowledged), so a broker transport's relay
-        publishes them again.
-        """
-        released: dict[str, Any] = {
-            "lease_token": None,
-            "lease_expires": None,
-            "worker": "",
-            "date_started": None,
-        }
-        if republish:
-            released["dispatched"] = False
-        return self.update(**released)
-
     def leased_until_before(self, when: Any) -> TaskResultQuerySet:
         return self.filter(lease_token__isnull=False, lease_expires__lt=when)
 

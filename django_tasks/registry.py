@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from .conf import tasks_settings
 from .exceptions import ImproperlyConfiguredTask, NotRegistered
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ def _origin(task: Task) -> str:
     return f"{fn.__module__}.{fn.__qualname__}"
 
 
-class TaskRegistry(dict[str, "Task"]):
+class TaskRegistry(dict[str, "Task[Any, Any]"]):
     """Every task declared with ``@task``, by name."""
 
     def register(self, task: Task) -> None:
@@ -32,6 +33,14 @@ class TaskRegistry(dict[str, "Task"]):
             return self[name]
         except KeyError:
             raise NotRegistered(name) from None
+
+    def acks_late(self, name: str) -> bool:
+        """Whether task ``name`` is acknowledged after it runs: its own ``acks_late``, else
+        ``TASK_ACKS_LATE`` (also for tasks this process does not know)."""
+        task = self.get(name)
+        if task is None or task.acks_late is None:
+            return bool(tasks_settings.TASK_ACKS_LATE)
+        return bool(task.acks_late)
 
 
 tasks_registry = TaskRegistry()

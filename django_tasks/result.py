@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +11,12 @@ from . import states
 from .context import in_worker_task
 from .exceptions import TimeoutError
 from .messages import exception_from_dict
+
+# The store reads models, which are not importable while Django loads its apps (this module
+# is imported with the package), so its names are imported where they are used.
+
+#: The first poll comes this soon; later ones back off up to ``get(interval=...)``.
+FIRST_POLL_INTERVAL = 0.005
 
 ROW_FIELDS = (
     "task_id",
@@ -30,8 +35,7 @@ ROW_FIELDS = (
     "worker",
     "options",
 )
-#: The first poll comes this soon; later ones back off up to ``get(interval=...)``.
-FIRST_POLL_INTERVAL = 0.005
+__all__ = ["AsyncResult", "EagerResult", "signal_number"]
 
 
 class AsyncResult:
@@ -70,7 +74,7 @@ class AsyncResult:
         """The stored row, re-read unless it is already in a ready state."""
         if self._row is not None and self._row["state"] in states.READY_STATES:
             return self._row
-        from .sql import fetch_by_task_id
+        from .store.sql import fetch_by_task_id
 
         self._row = fetch_by_task_id(self.id, ROW_FIELDS)
         return self._row
@@ -96,27 +100,33 @@ class AsyncResult:
 
     @property
     def traceback(self) -> str | None:
-        return self._field("traceback")
+        traceback: str | None = self._field("traceback")
+        return traceback
 
     @property
     def name(self) -> str | None:
-        return self._field("task_name") or self._task_name
+        name: str | None = self._field("task_name") or self._task_name
+        return name
 
     @property
     def args(self) -> list[Any] | None:
-        return self._field("args")
+        args: list[Any] | None = self._field("args")
+        return args
 
     @property
     def kwargs(self) -> dict[str, Any] | None:
-        return self._field("kwargs")
+        kwargs: dict[str, Any] | None = self._field("kwargs")
+        return kwargs
 
     @property
     def retries(self) -> int | None:
-        return self._field("retries")
+        retries: int | None = self._field("retries")
+        return retries
 
     @property
     def queue(self) -> str | None:
-        return self._field("queue")
+        queue: str | None = self._field("queue")
+        return queue
 
     @property
     def worker(self) -> str | None:
@@ -124,15 +134,18 @@ class AsyncResult:
 
     @property
     def date_done(self) -> dt.datetime | None:
-        return self._field("date_done")
+        date_done: dt.datetime | None = self._field("date_done")
+        return date_done
 
     @property
     def date_created(self) -> dt.datetime | None:
-        return self._field("date_created")
+        date_created: dt.datetime | None = self._field("date_created")
+        return date_created
 
     @property
     def date_started(self) -> dt.datetime | None:
-        return self._field("date_started")
+        date_started: dt.datetime | None = self._field("date_started")
+        return date_started
 
     def ready(self) -> bool:
         return self.state in states.READY_STATES
@@ -149,7 +162,7 @@ class AsyncResult:
 
     def forget(self) -> None:
         """Delete the stored result and its history."""
-        from .results import forget
+        from .store import forget
 
         forget(self.id)
         self._row = None
@@ -162,7 +175,7 @@ class AsyncResult:
         ``SIGTERM``; a name such as ``"SIGKILL"`` or ``"KILL"``, or a number) to the process
         running it, and the task ends ``REVOKED``. Other pools cannot stop a running task.
         """
-        from .results import revoke
+        from .store import revoke
 
         signum = signal_number(signal) if terminate else None
         done = revoke(self.id, terminate_signal=signum)
@@ -193,7 +206,9 @@ class AsyncResult:
         if self._ignore_result:
             return None
         deadline = None if timeout is None else time.monotonic() + timeout
-        waiter = _waiter()
+        from .store.notify import waiter
+
+        waiting = waiter()
         sleep = min(FIRST_POLL_INTERVAL, interval)
         history = _HistoryReader(self) if on_message is not None else None
         while True:
@@ -208,7 +223,7 @@ class AsyncResult:
             if remaining is not None and remaining <= 0:
                 raise TimeoutError("The operation timed out.")
             pause = sleep if remaining is None else min(sleep, remaining)
-            waiter.wait(self.id, pause)
+            waiting.wait(self.id, pause)
             sleep = min(sleep * 2, interval)
 
     wait = get
@@ -222,6 +237,8 @@ class AsyncResult:
 
 class EagerResult(AsyncResult):
     """The outcome of a task run in-process (``TASK_ALWAYS_EAGER`` or ``Task.apply``)."""
+
+    _row: dict[str, Any]  # always set: an eager result is never re-read
 
     def __init__(
         self,
@@ -290,7 +307,7 @@ class EagerResult(AsyncResult):
     def forget(self) -> None:
         pass
 
-    def revoke(self, terminate: bool = False, signal: str | None = None) -> bool:
+    def revoke(self, terminate: bool = False, signal: str | int | None = None) -> bool:
         return False
 
 
@@ -378,94 +395,3 @@ class _HistoryReader:
                     }
                 )
         return row
-
-
-class _PollingWaiter:
-    def wait(self, task_id: str, timeout: float) -> None:
-        time.sleep(max(timeout, 0))
-
-
-class _NotifyWaiter:
-    """Waits on PostgreSQL notifications of state changes, falling back to the timeout."""
-
-    def __init__(self) -> None:
-        from .transports.database import STATES_CHANNEL, open_listen_connection
-
-        self._conn = open_listen_connection(STATES_CHANNEL)
-
-    def wait(self, task_id: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        try:
-            while (remaining := deadline - time.monotonic()) > 0:
-                for notify in self._conn.notifies(timeout=remaining, stop_after=1):
-                    if notify.payload == task_id:
-                        return
-        except Exception:
-            self._conn.close()
-            _local.waiter = None
-            time.sleep(max(deadline - time.monotonic(), 0))
-
-
-_local = threading.local()
-
-#: The columns whose change wakes :func:`wait_for_change` (what a NOTIFY is sent for).
-CHANGE_FIELDS = ("state", "meta", "retries", "date_done")
-
-
-def change_marker(task_id: str) -> tuple[Any, ...] | None:
-    """What :func:`wait_for_change` compares: the task's state, meta, retries and date_done."""
-    from .sql import fetch_by_task_id
-
-    row = fetch_by_task_id(task_id, CHANGE_FIELDS)
-    return None if row is None else tuple(row[name] for name in CHANGE_FIELDS)
-
-
-def wait_for_change(
-    task_id: str, seen: tuple[Any, ...] | None, timeout: float, interval: float = 1.0
-) -> bool:
-    """Block up to ``timeout`` seconds until :func:`change_marker` differs from ``seen``.
-
-    Uses the same wake-up as ``get(on_message=...)``: PostgreSQL notifications where the
-    transport has them, polling with backoff up to ``interval`` elsewhere. Closes this
-    thread's LISTEN connection before returning, so request threads do not keep one each.
-    Returns True if the task changed.
-    """
-    deadline = time.monotonic() + timeout
-    pause = min(FIRST_POLL_INTERVAL * 10, interval)
-    try:
-        while (remaining := deadline - time.monotonic()) > 0:
-            _waiter().wait(task_id, min(pause, remaining))
-            if change_marker(task_id) != seen:
-                return True
-            pause = min(pause * 2, interval)
-        return False
-    finally:
-        close_waiter()
-
-
-def close_waiter() -> None:
-    """Close this thread's result-waiting connection (PostgreSQL LISTEN), if any.
-
-    ``get()`` keeps one per thread so that waiting is fast; close it when a thread is done
-    with results, e.g. at the end of a test, so that the test database can be dropped.
-    """
-    waiter = getattr(_local, "waiter", None)
-    if isinstance(waiter, _NotifyWaiter):
-        waiter._conn.close()
-    _local.waiter = None
-
-
-def _waiter() -> _PollingWaiter | _NotifyWaiter:
-    """This thread's waiter: notifications on PostgreSQL, polling elsewhere."""
-    waiter = getattr(_local, "waiter", None)
-    if waiter is None:
-        from .transports import get_transport
-
-        waiter = _PollingWaiter()
-        if get_transport().wakes_without_polling:
-            try:
-                waiter = _NotifyWaiter()
-            except Exception:
-                waiter = _PollingWaiter()
-        _local.waiter = waiter
-    return waiter

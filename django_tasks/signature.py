@@ -57,23 +57,28 @@ class Signature(dict):
 
     @property
     def task(self) -> str:
-        return self["task"]
+        task: str = self["task"]
+        return task
 
     @property
     def args(self) -> list[Any]:
-        return self["args"]
+        args: list[Any] = self["args"]
+        return args
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return self["kwargs"]
+        kwargs: dict[str, Any] = self["kwargs"]
+        return kwargs
 
     @property
     def options(self) -> dict[str, Any]:
-        return self["options"]
+        options: dict[str, Any] = self["options"]
+        return options
 
     @property
     def immutable(self) -> bool:
-        return self["immutable"]
+        immutable: bool = self["immutable"]
+        return immutable
 
     @property
     def type(self) -> Task:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from .conf import tasks_settings
-from .result import close_waiter
+from .store.notify import close_waiter
 from .worker.consumer import Consumer, new_lease_token
 from .worker.pool import process_name
 

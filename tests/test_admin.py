@@ -179,7 +179,7 @@ def test_detail_shows_path_pretty_json_traceback_and_progress(staff_client):
     assert "CustomError: kaput</summary>" in page
 
     progressing = tasks.progress.delay(4)
-    from django_tasks.results import store_custom_state
+    from django_tasks.store import store_custom_state
 
     store_custom_state(progressing.id, "PROGRESS", {"current": 1, "total": 4})
     page = staff_client.get(change_url(progressing.id)).content.decode()

@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from django_tasks import states
 from django_tasks.models import TaskResult
-from django_tasks.results import store_custom_state
+from django_tasks.store import store_custom_state
 from django_tasks.testing import run_until_empty
 from tests.taskapp import tasks
 

@@ -24,12 +24,13 @@ from django.test.utils import CaptureQueriesContext
 from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 
-from django_tasks import states
+from django_tasks import states, store
 from django_tasks.messages import compression_content_type
 from django_tasks.models import TaskResult
+from django_tasks.options import build_outgoing
 from django_tasks.testing import run_until_empty
 from django_tasks.transports import get_transport
-from django_tasks.transports.broker import producer_pool
+from django_tasks.transports.pools import producer_pool
 from tests.conftest import REPO, broker_url, database_url, purge_broker_queues, wait_until
 from tests.taskapp import tasks
 from tests.taskapp.models import Run
@@ -164,8 +165,8 @@ def test_a_rolled_back_task_is_never_sent():
 
 def test_a_committed_task_whose_publish_never_happened_is_relayed_and_runs(start_worker):
     # As if the process died between the commit and the publish.
-    outgoing = tasks.record._build_outgoing("test", ["orphan"], {}, {})
-    get_transport().insert_row(outgoing, dispatched=False, retry=False, retry_policy=FAST_POLICY)
+    outgoing = build_outgoing(tasks.record, "test", ["orphan"], {}, {})
+    store.insert_task(outgoing, dispatched=False, retry=False, retry_policy=FAST_POLICY)
     assert take(timeout=0.3) is None
     worker = start_worker()
     result = tasks.record.AsyncResult(outgoing.task_id)
@@ -188,10 +189,10 @@ def waiting_in_broker(queue: str = "default") -> int:
 
 
 def test_a_message_delivered_twice_runs_the_task_once(start_worker):
-    from django_tasks.transports.broker import message_from_outgoing
+    from django_tasks.transports.envelope import message_from_outgoing
 
     result = tasks.record.delay("once")
-    outgoing = tasks.record._build_outgoing("test", ["once"], {}, {"task_id": result.id})
+    outgoing = build_outgoing(tasks.record, "test", ["once"], {}, {"task_id": result.id})
     get_transport().publish(message_from_outgoing(outgoing), retry=False, retry_policy=FAST_POLICY)
     worker = start_worker("--concurrency", "1")
     assert result.get(timeout=20) == "once"
@@ -274,9 +275,9 @@ def closed_port_url() -> str:
 @pytest.fixture
 def fresh_pools(monkeypatch):
     """Producer pools made in this test only (they are per process, and read the limit once)."""
-    from django_tasks.transports import broker
+    from django_tasks.transports import pools
 
-    monkeypatch.setattr(broker, "_producer_pools", {})
+    monkeypatch.setattr(pools, "_producer_pools", {})
 
 
 def test_sends_borrow_from_a_pool_bounded_by_broker_pool_limit(settings, fresh_pools):
@@ -311,7 +312,7 @@ import django
 django.setup()
 from django.db import connection
 from django_tasks.transports import get_transport
-from django_tasks.transports.broker import producer_pool
+from django_tasks.transports.pools import producer_pool
 from tests.taskapp import tasks
 
 tasks.add.delay(1, 1)  # the parent's pool now holds a connection

@@ -273,13 +273,13 @@ def test_update_state_never_reopens_a_finished_task():
 
 
 def test_expired_tasks_in_a_queue_nobody_reads_are_revoked_by_the_sweep():
-    from django_tasks.transports import get_transport
+    from django_tasks import store
 
     res = tasks.add.apply_async(
         (1, 1), queue="nobody", expires=timezone.now() - dt.timedelta(seconds=1)
     )
     fresh = tasks.add.apply_async((1, 1), queue="nobody", expires=60)
-    assert get_transport().revoke_expired() == 1
+    assert store.revoke_expired() == 1
     assert res.state == states.REVOKED
     assert fresh.state == states.PENDING
 

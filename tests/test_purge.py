@@ -9,7 +9,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_tasks.models import TaskResult, TaskStateChange
-from django_tasks.results import purge_finished
+from django_tasks.store import purge_finished
 from django_tasks.testing import run_until_empty
 from tests.taskapp import tasks
 

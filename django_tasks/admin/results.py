@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
@@ -15,9 +15,10 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from .. import results
+from .. import store
 from ..models import TaskResult, TaskResultQuerySet, TaskStateChange
 from . import display, views
+from .rerun import rerun
 
 #: A whole UUID task id, as pasted from a log or the API.
 TASK_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -104,7 +105,7 @@ class KnownCountPaginator(Paginator):
         self.known_count = count
 
     @property
-    def count(self) -> int:  # type: ignore[override]
+    def count(self) -> int:
         return self.known_count
 
 
@@ -202,7 +203,10 @@ class TaskResultAdmin(admin.ModelAdmin):
         ("Arguments", {"fields": ("args_display", "kwargs_display")}),
         ("Outcome", {"fields": ("result_display", "meta_display", "traceback_display")}),
     )
-    readonly_fields = tuple(name for _title, opts in fieldsets for name in opts["fields"])
+    # Each fieldset lists single fields (no side-by-side groups): names only.
+    readonly_fields = tuple(
+        name for _title, opts in fieldsets for name in cast("tuple[str, ...]", opts["fields"])
+    )
 
     # -- read-only rows -------------------------------------------------------------------
 
@@ -368,7 +372,7 @@ class TaskResultAdmin(admin.ModelAdmin):
         sent, failed = 0, []
         for original in queryset.select_related(None):
             try:
-                results.rerun(original)
+                rerun(original)
             except Exception as exc:
                 failed.append(f"{original.task_id[:8]} ({type(exc).__name__}: {exc})")
             else:
@@ -386,9 +390,7 @@ class TaskResultAdmin(admin.ModelAdmin):
     )
     def revoke_tasks(self, request: HttpRequest, queryset: QuerySet) -> None:
         task_ids = list(queryset.values_list("task_id", flat=True))
-        revoked = sum(
-            results.revoke(task_id, reason="revoked in the admin") for task_id in task_ids
-        )
+        revoked = sum(store.revoke(task_id, reason="revoked in the admin") for task_id in task_ids)
         skipped = len(task_ids) - revoked
         self.message_user(request, f"Revoked {revoked} task(s).")
         if skipped:

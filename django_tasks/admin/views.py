@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
 from django.views.generic import FormView, TemplateView
+from django.views.generic.base import ContextMixin, View
 
 from ..conf import tasks_settings
 from ..models import TaskResult
-from ..results import finished_before, purge_finished
+from ..store import finished_before, purge_finished
 from . import display
 
 #: The oldest due task's age up to which a queue counts as keeping up, then as busy.
@@ -23,22 +24,29 @@ KEEPING_UP_SECONDS = 10
 BUSY_SECONDS = 60
 
 
-class AdminPageMixin:
+if TYPE_CHECKING:
+    # What the mixin is mixed into, for the type checker (at run time it is a plain mixin).
+    class _AdminPage(ContextMixin, View): ...
+else:
+    _AdminPage = object
+
+
+class AdminPageMixin(_AdminPage):
     """What the admin's templates need: the site's context, the model's options, a title."""
 
     model_admin: Any = None
     title = ""
     permission = "view"
 
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not getattr(self.model_admin, f"has_{self.permission}_permission")(request):
             raise PermissionDenied
-        return super().dispatch(request, *args, **kwargs)  # type: ignore[misc]
+        return super().dispatch(request, *args, **kwargs)
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        context = super().get_context_data(**kwargs)  # type: ignore[misc]
+        context = super().get_context_data(**kwargs)
         return {
-            **self.model_admin.admin_site.each_context(self.request),  # type: ignore[attr-defined]
+            **self.model_admin.admin_site.each_context(self.request),
             **context,
             "opts": TaskResult._meta,
             "title": self.title,

@@ -17,7 +17,8 @@ class TasksSchemaGenerator(SchemaGenerator):
     """Walks the project's URLs (to get the real prefix) but keeps only this app's views."""
 
     def _initialise_endpoints(self) -> None:
-        super()._initialise_endpoints()
+        super()._initialise_endpoints()  # type: ignore[misc]  # private: not in drf-stubs
+        assert self.endpoints is not None  # the call above sets them
         self.endpoints = [
             (path, method, callback)
             for path, method, callback in self.endpoints

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from rest_framework import serializers
 
@@ -72,7 +72,8 @@ class TaskResultSerializer(serializers.ModelSerializer):
         if obj.pk is None:
             return []
         rows = [{"state": state, "at": at} for state, at in obj.state_history()]
-        return StateChangeSerializer(rows, many=True).data
+        # many=True builds a ListSerializer (data: a list); drf-stubs type it as the child.
+        return cast("list[dict[str, Any]]", StateChangeSerializer(rows, many=True).data)
 
     def to_representation(self, instance: TaskResult) -> dict[str, Any]:
         data = super().to_representation(instance)

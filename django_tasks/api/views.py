@@ -9,7 +9,6 @@ from typing import Any
 
 from django.db.models import Prefetch
 from django.utils.http import parse_etags, quote_etag
-from django.utils.module_loading import import_string
 from rest_framework import generics, status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import PageNumberPagination
@@ -17,12 +16,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.schemas.openapi import AutoSchema
 from rest_framework.utils.encoders import JSONEncoder
+from rest_framework.views import APIView
 
 from .. import states
 from ..conf import tasks_settings
-from ..models import TaskResult, TaskStateChange
-from ..result import change_marker, wait_for_change
-from ..results import revoke
+from ..models import TaskResult, TaskResultQuerySet, TaskStateChange
+from ..store import revoke
+from ..store.notify import change_marker, wait_for_change
 from .serializers import TaskResultSerializer
 
 #: Columns the API never shows: the encoded body, call options, lease bookkeeping.
@@ -34,7 +34,7 @@ class TaskResultPagination(PageNumberPagination):
 
     page_size_query_param = "page_size"
 
-    def get_page_size(self, request: Request) -> int:
+    def get_page_size(self, request: Request) -> int | None:
         self.page_size = tasks_settings.API_PAGE_SIZE
         self.max_page_size = self.page_size * 10
         return super().get_page_size(request)
@@ -44,11 +44,12 @@ class TaskResultSchema(AutoSchema):
     """The list's filters and the detail's ``wait`` parameter, for the OpenAPI schema."""
 
     def get_operation_id(self, path: str, method: str) -> str:
-        return {
+        operation_ids: dict[type[APIView], str] = {
             TaskResultList: "listTasks",
             TaskResultDetail: "getTask",
             TaskResultRevoke: "revokeTask",
-        }.get(type(self.view), super().get_operation_id(path, method))
+        }
+        return operation_ids.get(type(self.view), super().get_operation_id(path, method))
 
     def get_request_body(self, path: str, method: str) -> dict[str, Any]:
         return {}  # revoke takes no body
@@ -89,9 +90,11 @@ class TaskResultAPIView(generics.GenericAPIView):
     schema = TaskResultSchema(tags=["tasks"])
 
     def get_permissions(self) -> list[Any]:
-        return [import_string(path)() for path in tasks_settings.API_PERMISSION_CLASSES]
+        # Imported once by the settings object; a bad import string raises ImportError here on
+        # every request (a server error: no access), and is reported by the system check.
+        return [permission() for permission in tasks_settings.API_PERMISSION_CLASSES]
 
-    def get_queryset(self) -> Any:
+    def get_queryset(self) -> TaskResultQuerySet:
         history = TaskStateChange.objects.only("task_id", "state", "at")
         return TaskResult.objects.defer(*HIDDEN_COLUMNS).prefetch_related(
             Prefetch("history", queryset=history)
@@ -126,7 +129,7 @@ class TaskResultList(generics.ListAPIView, TaskResultAPIView):
 
     pagination_class = TaskResultPagination
 
-    def get_queryset(self) -> Any:
+    def get_queryset(self) -> TaskResultQuerySet:
         queryset = super().get_queryset()
         narrowed = False
         for permission in self.get_permissions():
@@ -183,7 +186,8 @@ class TaskResultDetail(TaskResultAPIView):
     def _data(self, task_id: str, task: TaskResult | None) -> dict[str, Any]:
         if task is None:  # as in Celery: an unknown id is a task not run yet
             task = TaskResult(task_id=task_id, task_name="", state=states.PENDING)
-        return self.get_serializer(task).data
+        data: dict[str, Any] = self.get_serializer(task).data
+        return data
 
 
 class TaskResultRevoke(TaskResultAPIView):
@@ -195,6 +199,8 @@ class TaskResultRevoke(TaskResultAPIView):
             raise NotFound("No task with this id is stored.")
         if not revoke(task_id):
             task = self.get_result(task_id)
+            if task is None:  # forgotten or purged meanwhile
+                raise NotFound("No task with this id is stored.")
             return Response(
                 {"detail": f"The task has already finished ({task.state})."},
                 status=status.HTTP_409_CONFLICT,

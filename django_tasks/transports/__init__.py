@@ -11,9 +11,9 @@ import threading
 from urllib.parse import urlsplit
 
 from ..conf import tasks_settings
-from .base import ClaimedTask, Transport
+from .base import OutgoingTask, Transport
 
-__all__ = ["ClaimedTask", "Transport", "get_transport", "transport_class_for"]
+__all__ = ["OutgoingTask", "Transport", "get_transport", "transport_class_for"]
 
 _local = threading.local()
 
@@ -54,7 +54,7 @@ def get_transport() -> Transport:
     """The transport for ``BROKER_URL``, one per thread.
 
     A transport's consuming connection is its thread's; broker sends borrow from a pool
-    shared by the process's threads (:func:`~django_tasks.transports.broker.producer_pool`).
+    shared by the process's threads (:func:`~django_tasks.transports.pools.producer_pool`).
     """
     url = tasks_settings.BROKER_URL
     transport = getattr(_local, "transport", None)

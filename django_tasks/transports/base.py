@@ -1,51 +1,112 @@
-"""The narrow contract between the calling side, the worker and a message transport."""
+"""The transport contract: how a task travels from ``apply_async`` to a worker.
+
+A transport delivers, nothing else. The task row, its leases and its states belong to the
+store (:mod:`django_tasks.store`), which every transport uses; a transport only decides how
+a worker learns that a task is there (the row itself, or a broker message) and how that
+delivery is acknowledged.
+"""
 
 from __future__ import annotations
 
 import abc
 import datetime as dt
 import functools
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from ..task import OutgoingTask
+from django.core.checks import CheckMessage
+from django.db import connection, transaction
+
+from ..conf import tasks_settings
+from ..messages import EncodedArguments
+
+if TYPE_CHECKING:  # the store reads models, which this module (imported with the package)
+    from ..store import Claim, ClaimedTask  # must not load before Django's apps are ready
+
+__all__ = ["KnownTask", "OutgoingTask", "Transport", "database_description"]
+
+#: Whether this worker runs tasks of a name (the worker passes its registry's answer).
+KnownTask = Callable[[str], bool]
 
 
-@dataclass(slots=True)
-class ClaimedTask:
-    """A task a worker holds a lease on, as read from the transport."""
+def database_description() -> str:
+    """Where task rows are stored, for the worker banner."""
+    settings = connection.settings_dict
+    where = settings.get("HOST") or ""
+    return f"django:// ({connection.vendor}, {where + '/' if where else ''}{settings['NAME']})"
 
-    pk: int
-    task_id: str
-    task_name: str
-    state: str
-    args: Any
-    kwargs: Any
-    body: bytes | None
-    content_type: str
-    options: dict[str, Any]
-    retries: int
-    queue: str
-    priority: int
-    run_after: dt.datetime
-    expires: dt.datetime | None
-    revoked: bool
-    owner_id: Any
-    #: The broker message it came in, while it is still to be acknowledged (broker transports).
-    delivery: Any = None
+
+class OutgoingTask:
+    """A task ready to hand to a transport: id, routing, timing and encoded arguments."""
+
+    __slots__ = (
+        "created",
+        "encoded",
+        "expires",
+        "options",
+        "owner_id",
+        "priority",
+        "queue",
+        "run_after",
+        "task_id",
+        "task_name",
+    )
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        task_name: str,
+        queue: str,
+        priority: int,
+        encoded: EncodedArguments,
+        run_after: dt.datetime,
+        expires: dt.datetime | None,
+        options: dict[str, Any] | None,
+        owner_id: Any,
+        created: dt.datetime,
+    ) -> None:
+        self.task_id = task_id
+        self.task_name = task_name
+        self.queue = queue
+        self.priority = priority
+        self.encoded = encoded
+        self.run_after = run_after
+        self.expires = expires
+        self.options = options
+        self.owner_id = owner_id
+        self.created = created
+
+    @property
+    def delayed(self) -> bool:
+        """Whether it is not due at once (``countdown``/``eta``)."""
+        return self.run_after > self.created
 
 
 class Transport(abc.ABC):
-    """Sends tasks, and lets workers claim, keep and give back leases on them."""
+    """Sends tasks, and hands workers the tasks that are due for them.
+
+    Capability flags tell the worker what a transport needs, instead of the worker probing
+    for methods.
+    """
 
     #: A URL scheme this transport serves, e.g. ``"django"``.
     scheme: str = ""
-    #: True where waiting workers and result waiters are woken without polling.
-    wakes_without_polling: bool = False
+    #: Waiting workers are woken by new tasks, without polling.
+    wakes_workers: bool = False
+    #: Tasks can wait in the database without a message (countdown/eta, retries, the
+    #: on-commit outbox, tasks given back), so workers must run :meth:`relay`.
+    needs_relay: bool = False
 
     def __init__(self, url: str) -> None:
         self.url = url
+
+    @classmethod
+    def check(cls, url: str) -> list[CheckMessage]:
+        """System-check messages about ``url`` and what this transport needs to serve it."""
+        return []
+
+    # -- the calling side -----------------------------------------------------------------------
 
     @abc.abstractmethod
     def send(self, outgoing: OutgoingTask, *, retry: bool, retry_policy: dict[str, Any]) -> None:
@@ -55,47 +116,32 @@ class Transport(abc.ABC):
         self, outgoing: OutgoingTask, *, retry: bool, retry_policy: dict[str, Any]
     ) -> None:
         """Send ``outgoing`` when the current transaction commits (at once outside one)."""
-        from django.db import transaction
-
         transaction.on_commit(
             functools.partial(self.send, outgoing, retry=retry, retry_policy=retry_policy)
         )
 
-    @abc.abstractmethod
-    def claim(
-        self, queues: list[str], limit: int, *, lease_token: str, lease_seconds: float, worker: str
-    ) -> list[ClaimedTask]:
-        """Lease up to ``limit`` due tasks of ``queues``, best first."""
+    # -- the worker side ------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def renew(self, lease_tokens: list[str], lease_seconds: float) -> int:
-        """Extend every lease held under ``lease_tokens``; returns how many tasks that kept."""
+    def claim(self, request: Claim, *, known_task: KnownTask | None = None) -> list[ClaimedTask]:
+        """Lease up to ``request.limit`` due tasks of ``request.queues``, best first.
+
+        ``known_task`` says whether this worker runs a task name (for broker messages that
+        arrive without a row).
+        """
+
+    def acknowledge(self, claimed: list[ClaimedTask]) -> None:  # noqa: B027 - optional hook
+        """Acknowledge the deliveries of ``claimed`` that are still unacknowledged."""
 
     @abc.abstractmethod
-    def release(self, lease_token: str, pks: list[int]) -> int:
-        """Give back claimed tasks that were never started, for another worker to run."""
-
-    def release_claimed(self, lease_token: str, claimed: list[ClaimedTask]) -> int:
-        """Give back claimed tasks that were never started (warm shutdown)."""
-        return self.release(lease_token, [c.pk for c in claimed])
-
-    def settle(self, claimed: list[ClaimedTask]) -> None:  # noqa: B027 - optional hook
-        """Acknowledge what is still unacknowledged, once the outcomes are recorded."""
+    def release(self, lease_token: str, claimed: list[ClaimedTask]) -> int:
+        """Give back claimed tasks that were never started (warm shutdown); how many."""
 
     def relay(self) -> float | None:
-        """Publish waiting tasks that are due but not with the broker yet (broker transports).
-
-        Returns the seconds until the next one is due, or None when there is nothing to relay.
+        """Publish due tasks that wait without a message (transports with
+        :attr:`needs_relay`); the seconds until the next one is due, or None when none waits.
         """
         return None
-
-    @abc.abstractmethod
-    def recover_expired_leases(self) -> int:
-        """Apply the lost-worker rule to tasks whose lease ran out; returns how many."""
-
-    @abc.abstractmethod
-    def revoke_expired(self, limit: int = 1000) -> int:
-        """Mark waiting tasks whose ``expires`` has passed ``REVOKED`` (expired); how many."""
 
     @abc.abstractmethod
     def wait_for_tasks(self, queues: list[str], timeout: float) -> None:
@@ -109,12 +155,10 @@ class Transport(abc.ABC):
     def poll_interval(self) -> float:
         """Longest idle wait between looks for due tasks: ``WORKER_POLL_INTERVAL``, or by default
         1 s where workers are woken without polling and 0.1 s where polling is all there is."""
-        from ..conf import tasks_settings
-
         configured = tasks_settings.WORKER_POLL_INTERVAL
         if configured is not None:
             return float(configured)
-        return 1.0 if self.wakes_without_polling else 0.1
+        return 1.0 if self.wakes_workers else 0.1
 
     def describe(self) -> str:
         """One line for the worker banner."""

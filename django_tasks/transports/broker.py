@@ -15,29 +15,33 @@ the task row in the database as the durable record.
 from __future__ import annotations
 
 import collections
-import contextlib
+import dataclasses
 import logging
-import os
-import threading
 import time
 from typing import Any
 
+from django.core.checks import CheckMessage, Error
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 from kombu import Connection, Exchange, Queue
 from kombu import Consumer as KombuConsumer
 from kombu.exceptions import OperationalError
 from kombu.message import Message
-from kombu.pools import ProducerPool
-from kombu.utils.collections import eqhash
 
-from .. import states
-from ..conf import tasks_settings
-from ..messages import JSON_CONTENT_TYPE, accepted_content_types, compression_content_type
-from ..models import CLAIMABLE_STATES, TaskResult
-from .base import ClaimedTask
-from .database import CLAIM_COLUMNS, DatabaseTransport
+from .. import store
+from ..conf import SETTINGS_NAME, tasks_settings
+from ..messages import accepted_content_types
+from ..store import Claim, ClaimedTask
+from .base import KnownTask, OutgoingTask, Transport, database_description
+from .envelope import (
+    BadMessage,
+    body_problem,
+    check_message,
+    message_from_outgoing,
+    message_from_row,
+    policy_for_kombu,
+)
+from .pools import producer_pool
 
 logger = logging.getLogger("django_tasks.transport")
 
@@ -55,53 +59,15 @@ FILL_GAP = 0.001
 RELAY_BATCH = 500
 #: Seconds a Redis consumer's BRPOP blocks for (kombu's default is 1).
 REDIS_BRPOP_TIMEOUT = 0.1
-#: What a message is built from: the claimed columns, less those only the worker needs.
-RELAY_COLUMNS = tuple(
-    c for c in CLAIM_COLUMNS if c not in ("state", "run_after", "revoked", "owner_id")
-)
 
 
-#: Producer pools, one per broker (connection URL and options), shared by the threads of a
-#: process. Sends borrow a producer and its connection, and give them back after publishing.
-_producer_pools: dict[Any, ProducerPool] = {}
-_pools_lock = threading.Lock()
-#: Pools a forked child inherited: kept, unused, so that their sockets, which the parent
-#: still uses, are never closed or garbage-collected by the child.
-_inherited_pools: list[Any] = []
-
-
-def producer_pool(broker: Connection) -> ProducerPool:
-    """The process's producer pool for ``broker``, at most ``BROKER_POOL_LIMIT`` connections."""
-    key = eqhash(broker)  # kombu's identity of a broker: transport, host, user, options…
-    with _pools_lock:
-        pool = _producer_pools.get(key)
-        if pool is None:
-            limit = int(tasks_settings.BROKER_POOL_LIMIT)
-            pool = _producer_pools[key] = ProducerPool(broker.Pool(limit=limit), limit=limit)
-        return pool
-
-
-def _forget_inherited_pools() -> None:
-    global _pools_lock
-    _inherited_pools.extend(_producer_pools.values())
-    _producer_pools.clear()
-    _pools_lock = threading.Lock()  # another thread may have held it at the fork
-
-
-# kombu forgets its own pools only in ``multiprocessing`` children; the prefork pool uses fork.
-os.register_at_fork(after_in_child=_forget_inherited_pools)
-
-
-class BadMessage(Exception):
-    """A message this worker cannot run; its text says why."""
-
-
-class BrokerTransport(DatabaseTransport):
+class BrokerTransport(Transport):
     """Tasks sent as kombu messages, recorded as :class:`~django_tasks.models.TaskResult` rows."""
 
     scheme = "kombu"
     #: The broker pushes messages to waiting workers.
-    wakes_without_polling = True  # type: ignore[assignment]
+    wakes_workers = True
+    needs_relay = True
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -131,7 +97,8 @@ class BrokerTransport(DatabaseTransport):
 
     @property
     def is_amqp(self) -> bool:
-        return self.broker.transport.driver_type == "amqp"
+        driver_type: str = self.broker.transport.driver_type
+        return driver_type == "amqp"
 
     def kombu_queue(self, name: str) -> Queue:
         """The broker queue (and its direct exchange) for a task queue name."""
@@ -139,11 +106,31 @@ class BrokerTransport(DatabaseTransport):
         max_priority = MAX_PRIORITY if self.is_amqp else None
         return Queue(name, exchange, routing_key=name, durable=True, max_priority=max_priority)
 
+    @classmethod
+    def check(cls, url: str) -> list[CheckMessage]:
+        """A broker URL whose kombu transport cannot load its client library (e.g. ``redis``)."""
+        try:
+            transport = Connection(url).transport
+            transport.driver_version()
+        except ImportError as exc:
+            extra = "redis" if url.startswith(("redis", "rediss", "sentinel")) else None
+            hint = f"pip install 'django-kombu-tasks[{extra}]'" if extra else "Install its client."
+            return [
+                Error(
+                    f"{SETTINGS_NAME}['BROKER_URL']: kombu cannot load the transport for "
+                    f"{url!r}: {exc}",
+                    hint=hint,
+                    id="django_tasks.E019",
+                )
+            ]
+        except Exception:
+            return []  # a version we cannot read is not a reason to refuse the URL
+        return []
+
     def describe(self) -> str:
-        return f"{self.broker.as_uri()} (results: {super().describe()})"
+        return f"{self.broker.as_uri()} (results: {database_description()})"
 
     def close(self) -> None:
-        super().close()
         self._close_receiver()
 
     def _close_receiver(self) -> None:
@@ -164,28 +151,30 @@ class BrokerTransport(DatabaseTransport):
 
     # -- sending ------------------------------------------------------------------------------
 
-    def send(self, outgoing: Any, *, retry: bool, retry_policy: dict[str, Any]) -> None:
+    def send(self, outgoing: OutgoingTask, *, retry: bool, retry_policy: dict[str, Any]) -> None:
         if connection.in_atomic_block:
             # A worker must not get the message before the row is visible to it.
             self.send_on_commit(outgoing, retry=retry, retry_policy=retry_policy)
             return
-        if outgoing.run_after > outgoing.created:
+        if outgoing.delayed:
             # countdown/eta: the row waits in the database; the relay publishes it when due.
-            self.insert_row(outgoing, dispatched=False, retry=retry, retry_policy=retry_policy)
+            store.insert_task(outgoing, dispatched=False, retry=retry, retry_policy=retry_policy)
             return
-        self.insert_row(outgoing, dispatched=True, retry=retry, retry_policy=retry_policy)
+        store.insert_task(outgoing, dispatched=True, retry=retry, retry_policy=retry_policy)
         try:
             self.publish(message_from_outgoing(outgoing), retry=retry, retry_policy=retry_policy)
         except BaseException:
             # Nothing half-sent: no row without a message.
-            TaskResult.objects.filter(task_id=outgoing.task_id, state=states.PENDING).delete()
+            store.delete_unsent(outgoing.task_id)
             raise
 
-    def send_on_commit(self, outgoing: Any, *, retry: bool, retry_policy: dict[str, Any]) -> None:
+    def send_on_commit(
+        self, outgoing: OutgoingTask, *, retry: bool, retry_policy: dict[str, Any]
+    ) -> None:
         """The outbox: the row is written now, in the transaction; the relay publishes it if
         the publish after the commit never happens."""
-        self.insert_row(outgoing, dispatched=False, retry=retry, retry_policy=retry_policy)
-        if outgoing.run_after > outgoing.created:
+        store.insert_task(outgoing, dispatched=False, retry=retry, retry_policy=retry_policy)
+        if outgoing.delayed:
             return  # the relay publishes it when due
 
         def publish_after_commit() -> None:
@@ -201,9 +190,7 @@ class BrokerTransport(DatabaseTransport):
                     exc,
                 )
                 return
-            TaskResult.objects.filter(task_id=outgoing.task_id, dispatched=False).update(
-                dispatched=True
-            )
+            store.mark_dispatched(outgoing.task_id)
 
         transaction.on_commit(publish_after_commit)
 
@@ -264,38 +251,15 @@ class BrokerTransport(DatabaseTransport):
     def relay(self) -> float | None:
         """Publish due rows that have no message; return the seconds until the next one is
         due, or None when none waits."""
-        now = timezone.now()
-        waiting = TaskResult.objects.filter(
-            state__in=CLAIMABLE_STATES, lease_token__isnull=True, dispatched=False
-        )
-        skip_locked = connection.features.has_select_for_update_skip_locked
-        # Row locks keep two relays apart; SQLite has none, and a read transaction there
-        # could not be upgraded to write once a worker has written.
-        locking = connection.vendor != "sqlite"
-        with transaction.atomic() if locking else contextlib.nullcontext():
-            rows = list(
-                waiting.filter(run_after__lte=now)
-                .select_for_update(skip_locked=skip_locked)
-                .order_by("run_after", "id")
-                .values_list(*RELAY_COLUMNS)[:RELAY_BATCH]
-            )
-            for row in rows:
-                values = dict(zip(RELAY_COLUMNS, row, strict=True))
-                self.publish(
-                    message_from_row(values),
-                    retry=True,
-                    retry_policy=tasks_settings.TASK_PUBLISH_RETRY_POLICY,
-                )
-            if rows:
-                TaskResult.objects.filter(pk__in=[r[0] for r in rows]).update(dispatched=True)
-        if rows:
-            logger.info("Relay published %d due task(s)", len(rows))
-        if len(rows) == RELAY_BATCH:
-            return 0.0
-        next_due = waiting.order_by("run_after").values_list("run_after", flat=True).first()
-        if next_due is None:
-            return None
-        return max((next_due - timezone.now()).total_seconds(), 0.0)
+        policy = tasks_settings.TASK_PUBLISH_RETRY_POLICY
+
+        def publish(row: dict[str, Any]) -> None:
+            self.publish(message_from_row(row), retry=True, retry_policy=policy)
+
+        published, next_due = store.publish_due(publish, RELAY_BATCH)
+        if published:
+            logger.info("Relay published %d due task(s)", published)
+        return next_due
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -337,18 +301,28 @@ class BrokerTransport(DatabaseTransport):
                 except TimeoutError:
                     return
                 wait = gap
-        except (OperationalError, *self._connection_errors()) as exc:
+        except self._connection_errors() as exc:
             logger.warning("Broker connection lost (%s); reconnecting", exc)
             self._close_receiver()
             time.sleep(min(max(timeout, 0.1), 1.0))
 
     def _connection_errors(self) -> tuple[type[BaseException], ...]:
+        # OperationalError is in this tuple, not starred into an ``except`` one: mypy cannot
+        # type an ``except (A, *rest)`` clause.
         conn = self._receiver or self.broker
-        return (*conn.recoverable_connection_errors, *conn.recoverable_channel_errors, OSError)
+        return (
+            OperationalError,
+            *conn.recoverable_connection_errors,
+            *conn.recoverable_channel_errors,
+            OSError,
+        )
 
-    def claim(
-        self, queues: list[str], limit: int, *, lease_token: str, lease_seconds: float, worker: str
-    ) -> list[ClaimedTask]:
+    def claim(self, request: Claim, *, known_task: KnownTask | None = None) -> list[ClaimedTask]:
+        """Lease the tasks of the messages received (up to ``request.limit``); each keeps its
+        message in ``delivery`` until :meth:`acknowledge`. ``known_task`` tells a message
+        without a row for a task this worker does not know (recorded as a bad message) from
+        one whose row was forgotten or purged (dropped)."""
+        queues, limit, worker = request.queues, request.limit, request.worker
         if not self._inbox:
             self._drain(queues, limit, FILL_GAP, FILL_GAP)
         received = [self._inbox.popleft() for _ in range(min(limit, len(self._inbox)))]
@@ -368,46 +342,34 @@ class BrokerTransport(DatabaseTransport):
                 deliveries[task_id] = message
         if not deliveries:
             return []
-        claimed = self.claim_task_ids(
-            list(deliveries), lease_token=lease_token, lease_seconds=lease_seconds, worker=worker
+        claimed = store.claim(
+            dataclasses.replace(request, limit=len(deliveries), task_ids=list(deliveries))
         )
-        from ..registry import tasks_registry
-
         held = {c.task_id for c in claimed}
         unheld = [task_id for task_id in deliveries if task_id not in held]
         if unheld:
-            self._drop_unheld({task_id: deliveries[task_id] for task_id in unheld}, worker)
-        for task in claimed:
-            message = deliveries[task.task_id]
-            registered = tasks_registry.get(task.task_name)
-            acks_late = (
-                registered.resolved_acks_late
-                if registered is not None
-                else tasks_settings.TASK_ACKS_LATE
+            self._drop_unheld(
+                {task_id: deliveries[task_id] for task_id in unheld}, worker, known_task
             )
-            if acks_late:
-                task.delivery = message  # acknowledged once its outcome is recorded
-            else:
-                # Before running. (If this ack is lost, a redelivery finds the task leased.)
-                self._quietly(message.ack)
+        for task in claimed:
+            task.delivery = deliveries[task.task_id]
         return claimed  # best first, as claimed
 
-    def _drop_unheld(self, deliveries: dict[str, Message], worker: str) -> None:
+    def _drop_unheld(
+        self,
+        deliveries: dict[str, Message],
+        worker: str,
+        known_task: KnownTask | None,
+    ) -> None:
         """Messages whose task is not waiting: run, running, revoked or not yet due (another
         message delivered it, or will), or without a row at all."""
-        from ..registry import tasks_registry
-
-        known = set(
-            TaskResult.objects.filter(task_id__in=list(deliveries)).values_list(
-                "task_id", flat=True
-            )
-        )
+        known = store.existing_task_ids(list(deliveries))
         for task_id, message in deliveries.items():
             name = message.headers["task"]
             if task_id not in known:
                 # Not one of ours (we publish only committed rows): read it all.
                 problem = body_problem(message)
-                if problem is None and name not in tasks_registry:
+                if problem is None and known_task is not None and not known_task(name):
                     problem = f"unknown task {name!r}"
                 if problem is not None:
                     self.record_bad_message(message, problem, worker)
@@ -421,64 +383,31 @@ class BrokerTransport(DatabaseTransport):
                 logger.debug("Dropped a message for task %s: it is not waiting", task_id)
             self._quietly(message.ack)
 
-    def settle(self, claimed: list[ClaimedTask]) -> None:
+    def acknowledge(self, claimed: list[ClaimedTask]) -> None:
         for task in claimed:
             if task.delivery is not None:
                 self._quietly(task.delivery.ack)
                 task.delivery = None
 
-    def release_claimed(self, lease_token: str, claimed: list[ClaimedTask]) -> int:
+    def release(self, lease_token: str, claimed: list[ClaimedTask]) -> int:
         """Give back unstarted tasks: unacknowledged messages go back to the broker; tasks
         whose message was already acknowledged wait for the relay to publish them again."""
-        if not claimed:
-            return 0
         requeued = [c for c in claimed if c.delivery is not None]
         acked = [c for c in claimed if c.delivery is None]
-        returned = 0
-        if acked:
-            returned += TaskResult.objects.filter(
-                pk__in=[c.pk for c in acked], lease_token=lease_token
-            ).give_back(republish=True)
-        if requeued:
-            returned += self.release(lease_token, [c.pk for c in requeued])
-            for task in requeued:
-                self._quietly(task.delivery.requeue)
-                task.delivery = None
+        returned = store.give_back(lease_token, [c.pk for c in acked], republish=True)
+        returned += store.give_back(lease_token, [c.pk for c in requeued], republish=False)
+        for task in requeued:
+            self._quietly(task.delivery.requeue)
+            task.delivery = None
         return returned
 
     def record_bad_message(self, message: Message, reason: str, worker: str) -> None:
         """Log a message no worker can run, record ``FAILURE`` if its id is readable, ack it."""
-        from ..exceptions import TaskError
-        from ..messages import exception_to_dict
-        from ..results import StateChange, record_states
-
         headers = message.headers or {}
         task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
         logger.error("Rejected a message (task id %s): %s", task_id or "unreadable", reason)
-        if task_id:
-            exc = TaskError(f"Bad message: {reason}")
-            now = timezone.now()
-            fields = {"result": exception_to_dict(exc), "traceback": None, "date_done": now}
-            row = TaskResult.objects.filter(task_id=task_id).values_list("pk", "state").first()
-            if row is None:
-                name = headers.get("task")
-                TaskResult.objects.create(
-                    task_id=task_id[:255],
-                    task_name=name[:255] if isinstance(name, str) and name else "(unknown)",
-                    state=states.FAILURE,
-                    queue=(message.delivery_info or {}).get("routing_key") or "",
-                    date_created=now,
-                    run_after=now,
-                    worker=worker,
-                    dispatched=True,
-                    **fields,
-                )
-            elif row[1] in CLAIMABLE_STATES:
-                record_states(
-                    [StateChange(row[0], states.FAILURE, fields, detail=f"bad message: {reason}")],
-                    worker=worker,
-                    guard=Q(pk=row[0], state__in=CLAIMABLE_STATES, lease_token__isnull=True),
-                )
+        queue = (message.delivery_info or {}).get("routing_key") or ""
+        store.record_bad_message(task_id, headers.get("task"), queue, reason, worker)
         self._quietly(message.ack)
 
     # -- waiting ------------------------------------------------------------------------------
@@ -490,114 +419,5 @@ class BrokerTransport(DatabaseTransport):
         if timeout > 0 and not self._inbox:
             self._drain(queues, 1, timeout)
 
-    def has_due_rows(self, queues: list[str]) -> bool:
-        """Whether the database holds due, unleased tasks of ``queues`` (burst mode's end)."""
-        return TaskResult.objects.claimable(queues, timezone.now()).exists()
 
-
-# -- the message envelope ---------------------------------------------------------------------
-
-
-def policy_for_kombu(policy: dict[str, Any]) -> dict[str, Any]:
-    """``retry_policy`` as keyword arguments of kombu's ``ensure`` and ``ensure_connection``."""
-    return {
-        "max_retries": policy["max_retries"],
-        "interval_start": policy["interval_start"],
-        "interval_step": policy["interval_step"],
-        "interval_max": policy["interval_max"],
-    }
-
-
-def _envelope(
-    *,
-    task_id: str,
-    task_name: str,
-    queue: str,
-    priority: int,
-    args: Any,
-    kwargs: Any,
-    body: bytes | None,
-    content_type: str,
-    options: dict[str, Any] | None,
-    retries: int,
-    expires: Any,
-) -> dict[str, Any]:
-    from kombu.utils import json as kombu_json
-
-    headers: dict[str, Any] = {"id": task_id, "task": task_name, "retries": retries}
-    if body is None:
-        payload = kombu_json.dumps([args or [], kwargs or {}]).encode()
-        content_type, content_encoding = JSON_CONTENT_TYPE, "utf-8"
-    else:
-        payload, content_encoding = bytes(body), "binary"
-        compression = (options or {}).get("compression")
-        if compression:
-            headers["compression"] = compression_content_type(compression)
-    return {
-        "task_name": task_name,
-        "queue": queue,
-        "priority": priority,
-        "body": payload,
-        "content_type": content_type,
-        "content_encoding": content_encoding,
-        "headers": headers,
-        "expires": expires,
-    }
-
-
-def message_from_outgoing(outgoing: Any) -> dict[str, Any]:
-    encoded = outgoing.encoded
-    return _envelope(
-        task_id=outgoing.task_id,
-        task_name=outgoing.task_name,
-        queue=outgoing.queue,
-        priority=outgoing.priority,
-        args=encoded.args,
-        kwargs=encoded.kwargs,
-        body=encoded.body,
-        content_type=encoded.content_type,
-        options=outgoing.options,
-        retries=0,
-        expires=outgoing.expires,
-    )
-
-
-def message_from_row(row: dict[str, Any]) -> dict[str, Any]:
-    return _envelope(**{k: v for k, v in row.items() if k != "id"})
-
-
-def check_message(message: Message, accepted: set[str]) -> str:
-    """The task id of a message a worker may take; :class:`BadMessage` saying why otherwise.
-
-    Only the headers and the content type are checked: the arguments a task runs with are its
-    row's, read when it is claimed. A message without a row gets :func:`body_problem` too.
-    """
-    headers = message.headers
-    if not isinstance(headers, dict) or not isinstance(headers.get("id"), str):
-        raise BadMessage("no task id in the message headers")
-    if not isinstance(headers.get("task"), str) or not headers["task"]:
-        raise BadMessage("no task name in the message headers")
-    if message.errors:
-        raise BadMessage(f"the message cannot be read: {message.errors[0][1]}")
-    if message.content_type not in accepted:
-        raise BadMessage(f"content type {message.content_type!r} is not in ACCEPT_CONTENT")
-    return headers["id"]
-
-
-def body_problem(message: Message) -> str | None:
-    """Why a message's body is not ``[args, kwargs]`` in its content type, or None."""
-    try:
-        decoded = message.decode()
-    except Exception as exc:
-        return f"the body cannot be decoded: {exc}"
-    if not (
-        isinstance(decoded, list | tuple)
-        and len(decoded) >= 2
-        and isinstance(decoded[0], list | tuple)
-        and isinstance(decoded[1], dict)
-    ):
-        return "the body is not [args, kwargs]"
-    return None
-
-
-__all__ = ["BadMessage", "BrokerTransport", "body_problem", "check_message", "message_from_row"]
+__all__ = ["BrokerTransport", "producer_pool"]

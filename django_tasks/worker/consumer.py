@@ -15,10 +15,13 @@ import uuid
 from django.conf import settings
 from django.db import DatabaseError, connection, connections, reset_queries
 
+from .. import store
 from ..conf import tasks_settings
-from ..results import record_states
-from ..transports import ClaimedTask, get_transport
-from .execution import ExecutionContext, Outcome, execute, run_followups
+from ..links import run_followups
+from ..registry import tasks_registry
+from ..store import ClaimedTask
+from ..transports import get_transport
+from .execution import ExecutionContext, Outcome, execute
 from .limits import Enforcer, enforcer_for_this_thread
 
 logger = logging.getLogger("django_tasks.worker")
@@ -114,14 +117,14 @@ class Consumer:
     def step(self) -> bool:
         """One claim-run-record round, then wait if idle; True when a burst is done."""
         limit = self.batch_size()
-        if self.burst:
+        if self.burst and self.transport.needs_relay:
             self.transport.relay()  # a worker's supervisor does this; burst runs alone
         ran = self.run_batch(limit)
         refresh_connections()
         # A short batch means the queue was drained. Where notifications wake us, go
         # straight to waiting (any that came meanwhile are buffered) instead of spending an
         # empty claim; where we poll, or in burst, look again at once.
-        notified = self.transport.wakes_without_polling
+        notified = self.transport.wakes_workers
         if ran == limit or (ran and (self.burst or not notified)):
             return False
         if self.burst:
@@ -139,11 +142,9 @@ class Consumer:
     def _burst_should_wait(self) -> bool:
         """Whether a burst must wait for messages of due tasks still on their way to it
         (broker transports); it gives up after ``BURST_PATIENCE`` seconds without any."""
-        if not self.transport.wakes_without_polling or not hasattr(self.transport, "has_due_rows"):
+        if not self.transport.needs_relay or not store.has_due_rows(self.queues):
             return False
-        if not self.transport.has_due_rows(self.queues):
-            return False
-        if self.transport.revoke_expired():
+        if store.revoke_expired():
             return True  # expired while waiting (a broker may have dropped the message)
         now = time.monotonic()
         if self._burst_waiting_since is None:
@@ -168,22 +169,29 @@ class Consumer:
             self.transport.close()
             self.stop.wait(delay)
             try:
-                self.transport.recover_expired_leases(lease_tokens=[self.lease_token])
+                store.recover_lost(tasks_registry.acks_late, lease_tokens=[self.lease_token])
                 return
             except DatabaseError as again:
                 exc, failures = again, failures + 1
 
     def run_batch(self, limit: int | None = None) -> int:
         """Claim, run and record one batch of at most ``limit``; return how many it held."""
-        batch = self.transport.claim(
+        request = store.Claim(
             self.queues,
             limit or self.batch_size(),
-            lease_token=self.lease_token,
-            lease_seconds=self.lease_seconds,
-            worker=self.hostname,
+            self.lease_token,
+            self.lease_seconds,
+            self.hostname,
         )
+        batch = self.transport.claim(request, known_task=tasks_registry.__contains__)
         if not batch:
             return 0
+        # Deliveries of tasks that are not acks_late are acknowledged before they run.
+        early = [
+            c for c in batch if c.delivery is not None and not tasks_registry.acks_late(c.task_name)
+        ]
+        if early:
+            self.transport.acknowledge(early)
         self._burst_waiting_since = None
         batch_started = claimed_at = time.monotonic()
         outcomes: list[Outcome] = []
@@ -191,8 +199,8 @@ class Consumer:
         for index, claimed in enumerate(batch):
             if self.stop.is_set():
                 self.flush(outcomes)
-                self.transport.settle(batch[:index])
-                returned = self.transport.release_claimed(self.lease_token, batch[index:])
+                self.transport.acknowledge(batch[:index])
+                returned = self.transport.release(self.lease_token, batch[index:])
                 logger.info("Gave back %d claimed task(s) that had not started", returned)
                 return len(batch)
             if outcomes and (
@@ -209,7 +217,7 @@ class Consumer:
                 first_outcome_at = time.monotonic()
             outcomes.append(execute(claimed, self.context))
         self.flush(outcomes)
-        self.transport.settle(batch)  # acks_late: acknowledged now that outcomes are stored
+        self.transport.acknowledge(batch)  # acks_late: now that outcomes are stored
         elapsed = time.monotonic() - batch_started
         self._seconds_per_task = 0.5 * self._seconds_per_task + 0.5 * (elapsed / len(batch))
         self.processed += len(batch)
@@ -218,7 +226,7 @@ class Consumer:
     def flush(self, outcomes: list[Outcome]) -> None:
         """Record the outcomes in one batch, then apply their links."""
         if outcomes:
-            record_states(
+            store.record_states(
                 [o.change for o in outcomes], worker=self.hostname, lease_token=self.lease_token
             )
             followups = [f for o in outcomes for f in o.followups]
@@ -226,13 +234,7 @@ class Consumer:
             run_followups(followups)
 
     def _mark_revoked(self, waiting: list[ClaimedTask]) -> None:
-        from ..models import TaskResult
-
-        revoked = set(
-            TaskResult.objects.filter(pk__in=[c.pk for c in waiting], revoked=True).values_list(
-                "pk", flat=True
-            )
-        )
+        revoked = store.revoked_among([c.pk for c in waiting])
         for claimed in waiting:
             if claimed.pk in revoked:
                 claimed.revoked = True

@@ -1,14 +1,18 @@
-"""Running one claimed task and deciding its outcome (as a :class:`StateChange`)."""
+"""Running one claimed task and deciding its outcome (as a :class:`StateChange`).
+
+The task's own run goes through :func:`django_tasks.execution.run_task`, as in eager mode;
+what is worker-only is here: revoked and expired tasks, unknown task names, arguments that
+cannot be decoded, time limits, ``track_started``, and turning the run into a state change.
+"""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from functools import partial
+from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -17,19 +21,17 @@ from kombu.exceptions import DecodeError, EncodeError
 from .. import states
 from ..context import Request
 from ..exceptions import NotRegistered, Retry
+from ..execution import Run, run_task
 from ..messages import (
     accepted_content_types,
     decode_arguments,
     encode_arguments,
-    encode_result,
     exception_to_dict,
     format_traceback,
     serializer_of,
 )
 from ..registry import tasks_registry
-from ..results import StateChange, record_states, revoked_change
-from ..signature import Signature
-from ..transports import ClaimedTask
+from ..store import ClaimedTask, StateChange, failure_change, record_states, revoked_change
 from .limits import Enforcer, Limits
 
 logger = logging.getLogger("django_tasks.worker")
@@ -59,27 +61,10 @@ class Outcome:
     followups: list[Callable[[], None]] = field(default_factory=list)
 
 
-def failure_change(
-    pk: int, exc: BaseException, *, detail: str = "", traceback: str | None = None
-) -> StateChange:
-    return StateChange(
-        pk,
-        states.FAILURE,
-        {
-            "result": exception_to_dict(exc),
-            "traceback": traceback,
-            "date_done": timezone.now(),
-        },
-        detail=detail or f"{type(exc).__name__}: {exc}",
-    )
-
-
 def execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
     """Run ``claimed`` (unless it is unknown, malformed, revoked or expired) -> its outcome."""
     started = time.monotonic()
     outcome = _execute(claimed, ctx)
-    if not isinstance(outcome, Outcome):
-        outcome = Outcome(outcome)
     change = outcome.change
     runtime = time.monotonic() - started
     logger.info(
@@ -93,16 +78,18 @@ def execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
     return outcome
 
 
-def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> StateChange | Outcome:
+def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
     now = timezone.now()
     if claimed.revoked:
-        return revoked_change(claimed.pk, "revoked", now)
+        return Outcome(revoked_change(claimed.pk, "revoked", now))
     if claimed.expires is not None and claimed.expires <= now:
-        return revoked_change(claimed.pk, "expired", now)
+        return Outcome(revoked_change(claimed.pk, "expired", now))
     task = tasks_registry.get(claimed.task_name)
     if task is None:
         exc = NotRegistered(claimed.task_name)
-        return failure_change(claimed.pk, exc, detail=f"unknown task {claimed.task_name!r}")
+        return Outcome(
+            failure_change(claimed.pk, exc, detail=f"unknown task {claimed.task_name!r}")
+        )
     try:
         compression = claimed.options.get("compression")
         args, kwargs = decode_arguments(
@@ -114,7 +101,7 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> StateChange | Outco
             ctx.accept,
         )
     except (DecodeError, Exception) as exc:
-        return failure_change(claimed.pk, exc, detail=f"malformed message: {exc}")
+        return Outcome(failure_change(claimed.pk, exc, detail=f"malformed message: {exc}"))
 
     request = Request(
         id=claimed.task_id,
@@ -139,87 +126,44 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> StateChange | Outco
             worker=ctx.hostname,
             lease_token=ctx.lease_token,
         )
-    try:
-        # Inside a caller's transaction (run_until_empty in a test), a savepoint keeps a
-        # failing query in the task from breaking that transaction for the outcome write.
-        limits = Limits.of(claimed.options, task)
-        with (
-            transaction.atomic() if connection.in_atomic_block else nullcontext(),
-            ctx.enforcer.running(claimed.pk, limits),
-        ):
-            value = task._run_with_request(request, args, kwargs)
-        if request.pending_retry is not None:
-            raise request.pending_retry
-    except Retry as retry:
+    guard = _guard(ctx.enforcer, claimed.pk, Limits.of(claimed.options, task))
+    run = run_task(task, request, args, kwargs, guard=guard)
+    return _outcome(claimed, request, run, args, kwargs)
+
+
+@contextmanager
+def _guard(enforcer: Enforcer, pk: int, limits: Limits) -> Iterator[None]:
+    """Around the task's own code: its time limits and, inside a caller's transaction
+    (run_until_empty in a test), a savepoint, so that a failing query in the task does not
+    break that transaction for the outcome write."""
+    savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
+    with savepoint, enforcer.running(pk, limits):
+        yield
+
+
+def _outcome(
+    claimed: ClaimedTask, request: Request, run: Run, args: list[Any], kwargs: dict[str, Any]
+) -> Outcome:
+    """The state change a run comes to, and what to apply once it is stored."""
+    if run.retry is not None:
         try:
-            return _retry_change(claimed, retry, args, kwargs)
+            return Outcome(_retry_change(claimed, run.retry, args, kwargs))
         except EncodeError as exc:
-            return _failed(claimed, request, exc)
-    except Exception as exc:
-        return _failed(claimed, request, exc)
-    if request.ignore_result:
+            run = Run.failure(request, exc)
+    if run.exc is not None:
+        change = failure_change(claimed.pk, run.exc, traceback=run.traceback)
+    elif request.ignore_result:
         change = StateChange(claimed.pk, states.SUCCESS, delete=True)
     else:
-        try:
-            value = encode_result(value)
-        except EncodeError as exc:
-            return _failed(claimed, request, exc)
         change = StateChange(
             claimed.pk,
             states.SUCCESS,
-            {"result": value, "traceback": None, "date_done": timezone.now()},
+            {"result": run.value, "traceback": None, "date_done": timezone.now()},
         )
-    callbacks = claimed.options.get("link") or []
-    return Outcome(change, [partial(apply_link, sig, value) for sig in callbacks])
+    return Outcome(change, run.followups)
 
 
-def _failed(claimed: ClaimedTask, request: Request, exc: Exception) -> Outcome:
-    traceback = format_traceback(exc)
-    errbacks = claimed.options.get("link_error") or []
-    return Outcome(
-        failure_change(claimed.pk, exc, traceback=traceback),
-        [partial(apply_errback, sig, request, exc, traceback) for sig in errbacks],
-    )
-
-
-def apply_link(sig: dict, value: object) -> None:
-    """Send a success callback with the result prepended (unless it is immutable)."""
-    Signature.from_dict(sig).apply_async((value,))
-
-
-def apply_errback(sig: dict, request: Request, exc: Exception, traceback: str) -> None:
-    """Call ``errback(request, exc, traceback)`` here, or send it with the failed task's id."""
-    errback = Signature.from_dict(sig)
-    if _unbound_parameters(errback) == 3:
-        errback(request, exc, traceback)
-    else:
-        errback.apply_async((request.id,))
-
-
-def _unbound_parameters(sig: Signature) -> int | None:
-    task = tasks_registry.get(sig.task)
-    if task is None:
-        return None
-    params = [
-        p
-        for p in inspect.signature(task.run).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    if task.bind:
-        params = params[1:]
-    return len([p for p in params[len(sig.args) :] if p.name not in sig.kwargs])
-
-
-def run_followups(followups: list[Callable[[], None]]) -> None:
-    """Apply links after their parent's outcome is stored; a failing link changes nothing."""
-    for followup in followups:
-        try:
-            followup()
-        except Exception:
-            logger.exception("A link of a finished task failed; the task's result stands")
-
-
-def _reencoded(claimed: ClaimedTask, args: list, kwargs: dict) -> dict[str, object]:
+def _reencoded(claimed: ClaimedTask, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     """New arguments for a retry, encoded as the original call's were (EncodeError if not)."""
     plain = claimed.body is None
     encoded = encode_arguments(
@@ -232,7 +176,9 @@ def _reencoded(claimed: ClaimedTask, args: list, kwargs: dict) -> dict[str, obje
     return {"args": encoded.args, "kwargs": encoded.kwargs} if plain else {"body": encoded.body}
 
 
-def _retry_change(claimed: ClaimedTask, retry: Retry, args: list, kwargs: dict) -> StateChange:
+def _retry_change(
+    claimed: ClaimedTask, retry: Retry, args: list[Any], kwargs: dict[str, Any]
+) -> StateChange:
     exc = retry.exc if retry.exc is not None else retry
     fields = {
         "result": exception_to_dict(exc),
@@ -242,22 +188,19 @@ def _retry_change(claimed: ClaimedTask, retry: Retry, args: list, kwargs: dict) 
         "date_started": None,
         "dispatched": False,  # a broker transport's relay publishes it when due
     }
-    new_args = getattr(retry, "args_override", None)
-    new_kwargs = getattr(retry, "kwargs_override", None)
-    if new_args is not None or new_kwargs is not None:
+    if retry.args_override is not None or retry.kwargs_override is not None:
         fields.update(
             _reencoded(
                 claimed,
-                new_args if new_args is not None else args,
-                new_kwargs if new_kwargs is not None else kwargs,
+                retry.args_override if retry.args_override is not None else args,
+                retry.kwargs_override if retry.kwargs_override is not None else kwargs,
             )
         )
-    options = getattr(retry, "options", None) or {}
     for name in ("queue", "priority", "expires"):
-        if name in options:
-            fields[name] = options[name]
-    if "headers" in options:
-        fields["options"] = {**claimed.options, "headers": options["headers"]}
+        if name in retry.options:
+            fields[name] = retry.options[name]
+    if "headers" in retry.options:
+        fields["options"] = {**claimed.options, "headers": retry.options["headers"]}
     return StateChange(
         claimed.pk,
         states.RETRY,

@@ -83,9 +83,12 @@ class SignalEnforcer(Enforcer):
             return
         soft, hard = limits.soft, hard_here
         pending = ["soft" if soft is not None else "hard"]
+        first = soft if soft is not None else hard
+        assert first is not None  # with neither limit, the body ran above
 
         def on_alarm(signum: int, frame: Any) -> None:
             if pending[0] == "soft":
+                assert soft is not None  # "soft" is pending only with a soft limit
                 pending[0] = "hard"
                 if hard is not None:
                     signal.setitimer(signal.ITIMER_REAL, max(hard - soft, 0.001))
@@ -94,7 +97,7 @@ class SignalEnforcer(Enforcer):
 
         previous = signal.signal(signal.SIGALRM, on_alarm)
         armed_at = time.monotonic()
-        outer, _ = signal.setitimer(signal.ITIMER_REAL, soft if soft is not None else hard)
+        outer, _ = signal.setitimer(signal.ITIMER_REAL, first)
         try:
             yield
         finally:

@@ -12,9 +12,10 @@ from typing import Any
 from django.db import DatabaseError, connections
 from kombu.exceptions import OperationalError as BrokerError
 
+from .. import store
 from ..conf import tasks_settings
 from ..registry import tasks_registry
-from ..transports import get_transport
+from ..transports import Transport, get_transport
 from .consumer import refresh_connections
 from .pool import PoolConfig, PreforkPool, make_pool, process_name
 from .watchdog import Watchdog
@@ -74,9 +75,8 @@ class Worker:
         """Run until stopped; return the process exit code (0 after a warm shutdown)."""
         prepare_database()
         self._install_signal_handlers()
-        transport = get_transport()
-        transport.recover_expired_leases()
-        transport.revoke_expired()
+        store.recover_lost(tasks_registry.acks_late)
+        store.revoke_expired()
         connections.close_all()
         self.pool.start()
         if self.pool_name == "solo":
@@ -92,7 +92,7 @@ class Worker:
         return self._exit_code or 0
 
     def _supervise(self) -> None:
-        transport = get_transport()
+        transport: Transport = get_transport()
         renew_every = max(self.lease_seconds / 3, TICK)
         reap_every = max(self.lease_seconds / 2, TICK)
         next_renew = time.monotonic() + renew_every
@@ -104,7 +104,7 @@ class Worker:
                 self._woken.wait(TICK)
                 self._woken.clear()
                 if self._signals >= 2:
-                    self._cold_shutdown(transport)
+                    self._cold_shutdown()
                     return
                 if self._signals == 1 and not warm_requested:
                     warm_requested = True
@@ -117,23 +117,23 @@ class Worker:
                     self._lost.extend(lost)
                     self.pool.respawn()
                 if not self.pool.alive():
-                    self._settle(transport)
+                    self._settle()
                     return
                 now = time.monotonic()
                 try:
                     if self.watchdog is not None:
                         self.watchdog.check()
-                    self._settle(transport)
+                    self._settle()
                     if now >= next_renew:
-                        transport.renew(self.pool.lease_tokens(), self.lease_seconds)
+                        store.renew(self.pool.lease_tokens(), self.lease_seconds)
                         next_renew = now + renew_every
-                    if now >= next_relay:  # broker transports: due tasks with no message
+                    if transport.needs_relay and now >= next_relay:  # due tasks with no message
                         due_in = transport.relay()
                         wait = RELAY_INTERVAL if due_in is None else min(RELAY_INTERVAL, due_in)
                         next_relay = now + wait
                     if now >= next_reap:
-                        transport.recover_expired_leases()
-                        transport.revoke_expired()
+                        store.recover_lost(tasks_registry.acks_late)
+                        store.revoke_expired()
                         next_reap = now + reap_every
                     refresh_connections()
                 except (DatabaseError, BrokerError) as exc:
@@ -147,20 +147,20 @@ class Worker:
         finally:
             connections.close_all()
 
-    def _settle(self, transport: Any) -> None:
+    def _settle(self) -> None:
         """Record the tasks the watchdog stopped, then apply the lost-worker rule to the
         other tasks of loops that died."""
         if self.watchdog is not None:
             self.watchdog.settle()
         if self._lost:
-            transport.recover_expired_leases(lease_tokens=self._lost)
+            store.recover_lost(tasks_registry.acks_late, lease_tokens=self._lost)
             self._lost = []
 
-    def _cold_shutdown(self, transport: Any) -> None:
+    def _cold_shutdown(self) -> None:
         logger.warning("Cold shutdown: stopping now")
         tokens = self.pool.kill()
         try:
-            transport.recover_expired_leases(lease_tokens=tokens)
+            store.recover_lost(tasks_registry.acks_late, lease_tokens=tokens)
         finally:
             logging.shutdown()
             os._exit(1)

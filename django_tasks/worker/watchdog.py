@@ -26,11 +26,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.utils import timezone
 
-from .. import states
+from .. import states, store
+from ..context import Request
 from ..exceptions import TimeLimitExceeded
+from ..links import apply_errback, run_followups
+from ..messages import exception_from_dict
+from ..store import StateChange
 
 if TYPE_CHECKING:
-    from ..results import StateChange
     from .pool import PreforkPool
 
 logger = logging.getLogger("django_tasks.worker")
@@ -125,10 +128,10 @@ class Watchdog:
             self._terminate_revoked(running)
 
     def _kill_for_time_limit(self, pid: int, token: str, slot: TaskSlot, state: SlotState) -> None:
-        from .execution import failure_change
-
         exc = TimeLimitExceeded(f"time limit ({state.hard:g}s) exceeded")
-        change = failure_change(state.pk, exc, detail=f"time limit ({state.hard:g}s) exceeded")
+        change = store.failure_change(
+            state.pk, exc, detail=f"time limit ({state.hard:g}s) exceeded"
+        )
         logger.error(
             "Task row %d exceeded its time limit (%gs): killing worker process %d",
             state.pk,
@@ -140,18 +143,12 @@ class Watchdog:
             os.kill(pid, signal.SIGKILL)
 
     def _terminate_revoked(self, running: dict[int, tuple[int, str, TaskSlot]]) -> None:
-        from ..models import TaskResult
-        from ..results import revoked_change
-
-        asked = TaskResult.objects.filter(
-            pk__in=list(running), revoked=True, terminate_signal__isnull=False
-        ).values_list("pk", "terminate_signal")
-        for pk, signum in asked:
+        for pk, signum in store.terminate_requests(list(running)):
             pid, token, slot = running[pk]
             if slot.read().pk != pk:
                 continue  # it finished meanwhile
             name = signal.Signals(signum).name
-            change = revoked_change(pk, "terminated", timezone.now())
+            change = store.revoked_change(pk, "terminated", timezone.now())
             change.detail = f"terminated by {name}"
             change.fields["meta"] = {"reason": "terminated", "signal": name}
             logger.warning("Terminating task row %d: sending %s to process %d", pk, name, pid)
@@ -162,8 +159,6 @@ class Watchdog:
 
     def settle(self) -> None:
         """Record the verdicts of children that are gone; forget those whose task moved on."""
-        from ..results import record_states
-
         alive = {pid for pid, _, _ in self.pool.children()}
         for pid, verdict in list(self._verdicts.items()):
             still_on_it = verdict.slot.read().pk == verdict.pk
@@ -171,7 +166,9 @@ class Watchdog:
                 if not still_on_it:  # the signal did not kill it and the task ended
                     del self._verdicts[pid]
                 continue
-            recorded = still_on_it and record_states([verdict.change], lease_token=verdict.token)
+            recorded = still_on_it and store.record_states(
+                [verdict.change], lease_token=verdict.token
+            )
             if recorded and verdict.change.state == states.FAILURE:
                 _apply_errbacks(verdict.pk, verdict.change)
             if verdict.change.state == states.FAILURE:  # killed at its time limit
@@ -187,10 +184,7 @@ def _give_back_unstarted(token: str, killed: int, pid: int) -> None:
     are released for any worker to claim, and (broker transports) published again by the
     relay, whatever their ``acks_late``: as in Celery, where the parent hands them on.
     """
-    from ..models import CLAIMABLE_STATES, TaskResult
-
-    unstarted = TaskResult.objects.filter(lease_token=token, state__in=CLAIMABLE_STATES)
-    returned = unstarted.exclude(pk=killed).give_back(republish=True)
+    returned = store.give_back_unstarted(token, except_pk=killed)
     if returned:
         logger.warning(
             "Queued again %d task(s) that worker process %d had claimed but not started",
@@ -201,14 +195,11 @@ def _give_back_unstarted(token: str, killed: int, pid: int) -> None:
 
 def _apply_errbacks(pk: int, change: StateChange) -> None:
     """Call the ``link_error`` of a task the parent failed (its child is gone)."""
-    from ..context import Request
-    from ..messages import exception_from_dict
     from ..models import TaskResult
-    from .execution import apply_errback, run_followups
 
     row = TaskResult.objects.filter(pk=pk).values("task_id", "task_name", "options").first()
     errbacks = (row and (row["options"] or {}).get("link_error")) or []
-    if not errbacks:
+    if row is None or not errbacks:  # (no row: no errbacks)
         return
     exc = exception_from_dict(change.fields["result"], None)
     request = Request(id=row["task_id"], task=row["task_name"], called_directly=False)

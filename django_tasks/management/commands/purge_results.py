@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from django_tasks.conf import tasks_settings
-from django_tasks.results import finished_before, purge_finished
+from django_tasks.store import finished_before, purge_finished
 
 
 class Command(BaseCommand):

@@ -15,7 +15,7 @@ from django.db import connection
 from django.db.models import Field
 from django.db.models.expressions import Col
 
-from .models import TaskResult
+from ..models import TaskResult
 
 #: The columns a send writes; every other column is NULL until the task runs.
 INSERT_FIELDS = (
@@ -53,8 +53,21 @@ def finish_value(column: str, value: Any) -> Any:
     return extra(value) if extra else value
 
 
+def concrete_field(name: str) -> Field:
+    """TaskResult's field ``name``: one with a column (not a reverse relation)."""
+    field = TaskResult._meta.get_field(name)
+    assert isinstance(field, Field), name  # every field these statements name is concrete
+    return field
+
+
+def column_of(field: Field) -> str:
+    """``field.column``: set for every concrete field once its model class is built."""
+    assert field.column is not None, field
+    return field.column
+
+
 def _field(column: str) -> Field:
-    return TaskResult._meta.get_field("owner" if column == "owner_id" else column)
+    return concrete_field("owner" if column == "owner_id" else column)
 
 
 def insert_statement() -> tuple[str, list[Field]]:
@@ -64,9 +77,9 @@ def insert_statement() -> tuple[str, list[Field]]:
 
 @functools.cache
 def _insert_statement(vendor: str) -> tuple[str, list[Field]]:
-    fields = [TaskResult._meta.get_field(name) for name in INSERT_FIELDS]
+    fields = [concrete_field(name) for name in INSERT_FIELDS]
     qn = connection.ops.quote_name
-    columns = ", ".join(qn(f.column) for f in fields)
+    columns = ", ".join(qn(column_of(f)) for f in fields)
     marks = ", ".join(["%s"] * len(fields))
     return f"INSERT INTO {qn(TaskResult._meta.db_table)} ({columns}) VALUES ({marks})", fields
 
@@ -111,5 +124,5 @@ def fetch_by_task_id(task_id: str, columns: Sequence[str]) -> dict[str, Any] | N
 @functools.cache
 def _select_by_task_id(vendor: str, columns: tuple[str, ...]) -> str:
     qn = connection.ops.quote_name
-    names = ", ".join(qn(_field(c).column) for c in columns)
+    names = ", ".join(qn(column_of(_field(c))) for c in columns)
     return f"SELECT {names} FROM {qn(TaskResult._meta.db_table)} WHERE task_id = %s"

@@ -1,8 +1,9 @@
-"""The one place that records state changes: the task row and its history, together.
+"""State changes: a task row and its history row, written together.
 
-Workers, revoke, expiry and the lease reaper all call :func:`record_states`, which
-writes a batch of changes with one ``UPDATE`` per kind of change and one ``INSERT`` of
-history rows, in one transaction.
+Workers, revoke, expiry and the lease reaper all describe what happened as
+:class:`StateChange` values and hand them to :func:`record_states`, which writes a batch
+with one ``UPDATE`` per kind of change and one ``INSERT`` of history rows, in one
+transaction.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import states
-from .exceptions import TaskRevokedError
-from .messages import exception_to_dict
-from .models import CLAIMABLE_STATES, TaskResult, TaskStateChange
+from .. import states
+from ..exceptions import TaskRevokedError
+from ..messages import exception_to_dict
+from ..models import TaskResult, TaskStateChange
+from .sql import column_of, concrete_field
 
 logger = logging.getLogger("django_tasks.results")
 
@@ -151,9 +153,9 @@ def _update_and_log(
     ``lease_token`` (and, with ``unfinished_only``, not in a ready state) get history, and
     the count says exactly how many changed.
     """
-    fields = [TaskResult._meta.get_field(name) for name in ("state", *names)]
+    fields = [concrete_field(name) for name in ("state", *names)]
     qn = connection.ops.quote_name
-    columns = [qn(f.column) for f in fields]
+    columns = [qn(column_of(f)) for f in fields]
     meta_field = TaskStateChange._meta.get_field("meta")
     row = ", ".join(
         ["%s::bigint", *(f"%s::{f.db_type(connection)}" for f in fields), "%s::text", "%s::jsonb"]
@@ -190,7 +192,8 @@ def _update_and_log(
     params.extend([now, worker])
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.rowcount
+        count: int = cursor.rowcount
+        return count
 
 
 def _update_batch(
@@ -201,9 +204,9 @@ def _update_batch(
     psycopg 3 pipelines ``executemany`` into one round trip and sqlite3 runs it natively,
     where ``bulk_update`` would spend milliseconds compiling ``CASE WHEN`` expressions.
     """
-    fields = [TaskResult._meta.get_field(name) for name in ("state", *names)]
+    fields = [concrete_field(name) for name in ("state", *names)]
     qn = connection.ops.quote_name
-    assignments = [f"{qn(f.column)} = %s" for f in fields]
+    assignments = [f"{qn(column_of(f))} = %s" for f in fields]
     if not keep_lease:
         assignments.append("lease_token = NULL, lease_expires = NULL")
     sql = f"UPDATE {qn(TaskResult._meta.db_table)} SET {', '.join(assignments)} WHERE id = %s" + (
@@ -272,28 +275,8 @@ def store_custom_state(
         raise ValueError(f"update_state(): task {task_id!r} has already finished")
 
 
-def revoke(task_id: str, *, reason: str = "revoked", terminate_signal: int | None = None) -> bool:
-    """Revoke a task: a waiting one becomes ``REVOKED`` now; a claimed one is marked.
-
-    With ``terminate_signal``, a prefork worker running the task sends that signal to the
-    process running it. Returns False for an id that is not stored or already finished.
-    """
-    row = TaskResult.objects.filter(task_id=task_id).values("pk", "state").first()
-    if row is None or row["state"] in states.READY_STATES:
-        return False
-    now = timezone.now()
-    waiting = Q(lease_token__isnull=True, state__in=CLAIMABLE_STATES)
-    if record_states([revoked_change(row["pk"], reason, now)], guard=waiting):
-        return True
-    # Claimed by a worker: it checks the mark before it starts the task.
-    return bool(
-        TaskResult.objects.filter(pk=row["pk"])
-        .exclude(state__in=states.READY_STATES)
-        .update(revoked=True, terminate_signal=terminate_signal)
-    )
-
-
 def revoked_change(pk: int, reason: str, now: dt.datetime) -> StateChange:
+    """A task (waiting, or claimed and not started) ending ``REVOKED`` for ``reason``."""
     exc = TaskRevokedError(reason)
     return StateChange(
         pk,
@@ -308,62 +291,17 @@ def revoked_change(pk: int, reason: str, now: dt.datetime) -> StateChange:
     )
 
 
-def forget(task_id: str) -> None:
-    """Delete a task's stored result and history."""
-    TaskResult.objects.filter(task_id=task_id).delete()
-
-
-def rerun(original: TaskResult) -> Any:
-    """Send a new task with ``original``'s name, arguments, queue, priority and owner.
-
-    The new row records ``rerun_of = original``. Returns its ``AsyncResult``; raises
-    :class:`~django_tasks.exceptions.NotRegistered` for a task this process does not know,
-    and ``DecodeError``/``ContentDisallowed`` for arguments it cannot decode.
-    """
-    from .conf import tasks_settings
-    from .messages import accepted_content_types, decode_arguments
-    from .registry import tasks_registry
-
-    task = tasks_registry.get_task(original.task_name)
-    options = original.options or {}
-    args, kwargs = decode_arguments(
-        original.args,
-        original.kwargs,
-        original.body,
-        original.content_type,
-        options.get("compression"),
-        accepted_content_types(list(tasks_settings.ACCEPT_CONTENT)),
+def failure_change(
+    pk: int, exc: BaseException, *, detail: str = "", traceback: str | None = None
+) -> StateChange:
+    """A task ending ``FAILURE`` with ``exc`` (stored as Celery stores exceptions)."""
+    return StateChange(
+        pk,
+        states.FAILURE,
+        {
+            "result": exception_to_dict(exc),
+            "traceback": traceback,
+            "date_done": timezone.now(),
+        },
+        detail=detail or f"{type(exc).__name__}: {exc}",
     )
-    call: dict[str, Any] = {"queue": original.queue, "priority": original.priority}
-    if original.owner_id is not None:
-        call["owner"] = original.owner_id
-    for option in ("headers", "link", "link_error", "ignore_result"):
-        if options.get(option):
-            call[option] = options[option]
-    result = task.apply_async(args, kwargs, **call)
-    # Sending stays one INSERT; the link is a second, separate write.
-    TaskResult.objects.filter(task_id=result.id).update(rerun_of=original)
-    return result
-
-
-def finished_before(cutoff: dt.datetime) -> Any:
-    """Finished (ready) results whose ``date_done`` is before ``cutoff``."""
-    return TaskResult.objects.ready().filter(date_done__lt=cutoff)
-
-
-def purge_finished(older_than: dt.timedelta, *, batch_size: int = 1000) -> int:
-    """Delete finished results (and their history) done more than ``older_than`` ago.
-
-    Unfinished tasks are never touched. Deletes in batches of ``batch_size`` rows, each in
-    its own transaction, so a large purge never holds long locks. Returns how many rows went.
-    """
-    cutoff = timezone.now() - older_than
-    deleted = 0
-    while True:
-        pks = list(finished_before(cutoff).order_by().values_list("pk", flat=True)[:batch_size])
-        if not pks:
-            return deleted
-        with transaction.atomic():
-            # History rows go with one DELETE and re-runs lose their link with one UPDATE.
-            counts = TaskResult.objects.filter(pk__in=pks).only("pk").delete()[1]
-        deleted += counts.get(TaskResult._meta.label, 0)

@@ -1,0 +1,82 @@
+"""The store: the only code that writes task rows and their history.
+
+Everything above it (transports, the calling API, the worker, the admin and the API) reads
+and writes tasks through these functions, as procrastinate's ``JobManager`` is the only door
+to its jobs:
+
+* :mod:`.changes`: state changes, batched, each with its history row;
+* :mod:`.tasks`: sending (the ``INSERT``), revoke, forget, purge, bad-message rows;
+* :mod:`.leases`: claims, renewals, give-backs, the lost-worker rule, expiry, the relay's rows;
+* :mod:`.notify`: ``LISTEN``/``NOTIFY`` channels and the waiters that share them;
+* :mod:`.sql`: the hand-written statements of the hot paths.
+"""
+
+from .changes import (
+    StateChange,
+    failure_change,
+    record_states,
+    revoked_change,
+    store_custom_state,
+)
+from .leases import (
+    AcksLatePolicy,
+    Claim,
+    ClaimedTask,
+    claim,
+    give_back,
+    give_back_unstarted,
+    has_due_rows,
+    publish_due,
+    recover_lost,
+    renew,
+    revoke_expired,
+    revoked_among,
+    seconds_until_due,
+    terminate_requests,
+)
+from .tasks import (
+    NewTask,
+    delete_unsent,
+    existing_task_ids,
+    finished_before,
+    forget,
+    insert_task,
+    link_rerun,
+    mark_dispatched,
+    purge_finished,
+    record_bad_message,
+    revoke,
+)
+
+__all__ = [
+    "AcksLatePolicy",
+    "Claim",
+    "ClaimedTask",
+    "NewTask",
+    "StateChange",
+    "claim",
+    "delete_unsent",
+    "existing_task_ids",
+    "failure_change",
+    "finished_before",
+    "forget",
+    "give_back",
+    "give_back_unstarted",
+    "has_due_rows",
+    "insert_task",
+    "link_rerun",
+    "mark_dispatched",
+    "publish_due",
+    "purge_finished",
+    "record_bad_message",
+    "record_states",
+    "recover_lost",
+    "renew",
+    "revoke",
+    "revoke_expired",
+    "revoked_among",
+    "revoked_change",
+    "seconds_until_due",
+    "store_custom_state",
+    "terminate_requests",
+]

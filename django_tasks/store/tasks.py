@@ -1,0 +1,226 @@
+"""Task rows as a whole: sending (the ``INSERT``), revoking, forgetting, purging, and the
+rows a worker records for messages it cannot run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from django.db import IntegrityError, InterfaceError, connection, transaction
+from django.db import OperationalError as DjangoOperationalError
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+from kombu.exceptions import OperationalError
+
+from .. import states
+from ..exceptions import TaskError
+from ..messages import EncodedArguments, exception_to_dict
+from ..models import CLAIMABLE_STATES, TaskResult, TaskStateChange
+from .changes import StateChange, record_states, revoked_change
+from .sql import insert_statement
+
+logger = logging.getLogger("django_tasks.transport")
+
+CONNECTION_ERRORS = (DjangoOperationalError, InterfaceError)
+
+
+class NewTask(Protocol):
+    """What sending stores: an ``OutgoingTask`` (named here without importing the layer
+    above)."""
+
+    task_id: str
+    task_name: str
+    queue: str
+    priority: int
+    encoded: EncodedArguments
+    run_after: dt.datetime
+    expires: dt.datetime | None
+    options: dict[str, Any] | None
+    owner_id: Any
+    created: dt.datetime
+
+
+def publish_delays(policy: dict[str, Any]) -> Iterator[float]:
+    """Sleeps between publish attempts: start, start+step, ... capped at ``interval_max``."""
+    max_retries = policy["max_retries"]
+    attempt = 0
+    while max_retries is None or attempt < max_retries:
+        yield min(
+            policy["interval_start"] + attempt * policy["interval_step"], policy["interval_max"]
+        )
+        attempt += 1
+
+
+def insert_task(
+    outgoing: NewTask, *, dispatched: bool, retry: bool, retry_policy: dict[str, Any]
+) -> None:
+    """Store ``outgoing`` as a ``PENDING`` row in one ``INSERT``, retrying per the policy
+    when the database is unreachable (``OperationalError`` naming the task when it stays so).
+
+    ``dispatched``: a message for it is on its way (broker transports); rows stored with
+    False are published by the relay when due.
+    """
+    encoded = outgoing.encoded
+    values = {
+        "task_id": outgoing.task_id,
+        "task_name": outgoing.task_name,
+        "state": states.PENDING,
+        "queue": outgoing.queue,
+        "priority": outgoing.priority,
+        "args": encoded.args,
+        "kwargs": encoded.kwargs,
+        "body": encoded.body,
+        "content_type": encoded.content_type,
+        "options": outgoing.options,
+        "retries": 0,
+        "worker": "",
+        "owner": outgoing.owner_id,
+        "date_created": outgoing.created,
+        "run_after": outgoing.run_after,
+        "expires": outgoing.expires,
+        "revoked": False,
+        "dispatched": dispatched,
+    }
+    sql, fields = insert_statement()
+    params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
+    delays = publish_delays(retry_policy) if retry else iter(())
+    while True:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+            return
+        except IntegrityError as exc:
+            if "task_id" in str(exc):  # the unique constraint, named on every backend
+                raise ValueError(
+                    f"task_id {outgoing.task_id!r} is already used by another task"
+                ) from exc
+            raise
+        except CONNECTION_ERRORS as exc:
+            # Inside the caller's transaction a lost connection cannot be retried.
+            delay = None if connection.in_atomic_block else next(delays, None)
+            if delay is None:
+                raise OperationalError(
+                    f"Could not send task {outgoing.task_name!r}: the "
+                    f"database is unreachable: {exc}"
+                ) from exc
+            logger.warning(
+                "Sending %s failed (%s); retrying in %.2fs", outgoing.task_name, exc, delay
+            )
+            connection.close()
+            time.sleep(delay)
+
+
+def mark_dispatched(task_id: str) -> None:
+    """Its message is with the broker now (the on-commit publish went through)."""
+    TaskResult.objects.filter(task_id=task_id, dispatched=False).update(dispatched=True)
+
+
+def delete_unsent(task_id: str) -> None:
+    """Remove the row of a send that raised: nothing half-sent stays behind."""
+    TaskResult.objects.filter(task_id=task_id, state=states.PENDING).delete()
+
+
+def link_rerun(task_id: str, original_pk: int) -> None:
+    """Record that ``task_id`` re-runs the task stored as ``original_pk``."""
+    TaskResult.objects.filter(task_id=task_id).update(rerun_of_id=original_pk)
+
+
+def existing_task_ids(task_ids: list[str]) -> set[str]:
+    """Those of ``task_ids`` that have a row."""
+    return set(TaskResult.objects.filter(task_id__in=task_ids).values_list("task_id", flat=True))
+
+
+def revoke(task_id: str, *, reason: str = "revoked", terminate_signal: int | None = None) -> bool:
+    """Revoke a task: a waiting one becomes ``REVOKED`` now; a claimed one is marked.
+
+    With ``terminate_signal``, a prefork worker running the task sends that signal to the
+    process running it. Returns False for an id that is not stored or already finished.
+    """
+    row = TaskResult.objects.filter(task_id=task_id).values("pk", "state").first()
+    if row is None or row["state"] in states.READY_STATES:
+        return False
+    now = timezone.now()
+    waiting = Q(lease_token__isnull=True, state__in=CLAIMABLE_STATES)
+    if record_states([revoked_change(row["pk"], reason, now)], guard=waiting):
+        return True
+    # Claimed by a worker: it checks the mark before it starts the task.
+    return bool(
+        TaskResult.objects.filter(pk=row["pk"])
+        .exclude(state__in=states.READY_STATES)
+        .update(revoked=True, terminate_signal=terminate_signal)
+    )
+
+
+def forget(task_id: str) -> None:
+    """Delete a task's stored result and history."""
+    TaskResult.objects.filter(task_id=task_id).delete()
+
+
+def finished_before(cutoff: dt.datetime) -> QuerySet[TaskResult]:
+    """Finished (ready) results whose ``date_done`` is before ``cutoff``."""
+    return TaskResult.objects.ready().filter(date_done__lt=cutoff)
+
+
+def purge_finished(older_than: dt.timedelta, *, batch_size: int = 1000) -> int:
+    """Delete finished results (and their history) done more than ``older_than`` ago.
+
+    Unfinished tasks are never touched. Deletes in batches of ``batch_size`` rows, each in
+    its own transaction, so a large purge never holds long locks. Returns how many rows went.
+    """
+    cutoff = timezone.now() - older_than
+    deleted = 0
+    while True:
+        pks = list(finished_before(cutoff).order_by().values_list("pk", flat=True)[:batch_size])
+        if not pks:
+            return deleted
+        with transaction.atomic():
+            # History rows go with one DELETE and re-runs lose their link with one UPDATE.
+            counts = TaskResult.objects.filter(pk__in=pks).only("pk").delete()[1]
+        deleted += counts.get(TaskResult._meta.label, 0)
+
+
+def record_bad_message(
+    task_id: str | None, task_name: Any, queue: str, reason: str, worker: str
+) -> None:
+    """Record ``FAILURE`` for a message no worker can run, if its task id is readable.
+
+    A waiting row of that id fails (with its history row); an id without a row gets a new
+    ``FAILURE`` row, with its history row, so the admin shows what came in and why.
+    """
+    if not task_id:
+        return
+    exc = TaskError(f"Bad message: {reason}")
+    now = timezone.now()
+    fields = {"result": exception_to_dict(exc), "traceback": None, "date_done": now}
+    row = TaskResult.objects.filter(task_id=task_id).values_list("pk", "state").first()
+    if row is None:
+        with transaction.atomic():
+            created = TaskResult.objects.create(
+                task_id=task_id[:255],
+                task_name=task_name[:255]
+                if isinstance(task_name, str) and task_name
+                else "(unknown)",
+                state=states.FAILURE,
+                queue=queue[:255],
+                date_created=now,
+                run_after=now,
+                worker=worker,
+                dispatched=True,
+                **fields,
+            )
+            TaskStateChange.objects.create(
+                task=created,
+                state=states.FAILURE,
+                at=now,
+                worker=worker,
+                detail=f"bad message: {reason}",
+            )
+    elif row[1] in CLAIMABLE_STATES:
+        record_states(
+            [StateChange(row[0], states.FAILURE, fields, detail=f"bad message: {reason}")],
+            worker=worker,
+            guard=Q(pk=row[0], state__in=CLAIMABLE_STATES, lease_token__isnull=True),
+        )
