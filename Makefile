@@ -45,9 +45,12 @@ test-mysql: $(INSTALLED)
 	$(BIN)/python -m pip install --quiet -e '.[mysql]'
 	DATABASE_URL=$(MYSQL_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## lint: ruff, the import layers (import-linter), types (mypy) and missing migrations
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	DATABASE_URL=sqlite:///$(CURDIR)/.mypy-db.sqlite3 $(BIN)/mypy
 	$(BIN)/python manage.py makemigrations --check --dry-run -v0
 
 format: $(INSTALLED)
@@ -64,4 +67,4 @@ bench-brokers: $(INSTALLED)
 	$(BIN)/python bench/run.py --only redis,rabbitmq
 
 clean:
-	rm -rf $(VENV) bench/.venv-celery *.egg-info .pytest_cache .ruff_cache .test-db.sqlite3* db.sqlite3*
+	rm -rf $(VENV) bench/.venv-celery *.egg-info .pytest_cache .ruff_cache .mypy_cache .test-db.sqlite3* db.sqlite3*

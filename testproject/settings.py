@@ -69,7 +69,7 @@ DJANGO_TASKS = {
     "TASK_DEFAULT_QUEUE": env("DJANGO_TASKS_TASK_DEFAULT_QUEUE", default="default"),
 }
 
-AUTH_PASSWORD_VALIDATORS = []
+AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

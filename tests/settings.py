@@ -1,12 +1,20 @@
 """Test settings: the demo project plus a test app; a file-based SQLite test database so
 that worker subprocesses can share it."""
 
+from pathlib import Path
+
 from testproject.settings import *  # noqa: F403
 from testproject.settings import BASE_DIR, DATABASES, INSTALLED_APPS
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.taskapp"]
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".pytest-db.sqlite3")}
+    # Beside the configured database and named after it, so that runs against different
+    # DATABASE_URLs (e.g. in parallel) never share a test database.
+    configured = Path(DATABASES["default"]["NAME"] or BASE_DIR / "db.sqlite3")
+    if not configured.is_absolute():
+        configured = BASE_DIR / configured
+    test_name = configured.with_name(f"{configured.stem}-pytest.sqlite3")
+    DATABASES["default"]["TEST"] = {"NAME": str(test_name)}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
