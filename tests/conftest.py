@@ -120,6 +120,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
+def _task_write_guard() -> Iterator[None]:
+    """Fail a test in which code outside django_tasks/store/ wrote task rows (see
+    tests/write_guard.py; DJANGO_TASKS_WRITE_GUARD=0 switches it off)."""
+    from tests import write_guard
+
+    if not write_guard.ENABLED:
+        yield
+        return
+    with write_guard.guard() as violations:
+        yield
+    if violations:
+        pytest.fail(write_guard.describe(violations), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
 def _close_result_waiters() -> Iterator[None]:
     """Result waiters hold a LISTEN connection on PostgreSQL; don't keep the test DB busy."""
     yield
