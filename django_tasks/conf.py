@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     # None: 1 s where LISTEN/NOTIFY wakes workers (PostgreSQL), 0.1 s elsewhere.
     "WORKER_POLL_INTERVAL": None,
     "WORKER_PREFETCH_MAX": 64,
+    # How often an acks_late task whose worker died while running it is queued again
+    # before it fails with WorkerLostError (a task that kills its process cannot loop).
+    "WORKER_LOST_MAX_REDELIVERIES": 3,
     # The HTTP API (django_tasks.urls).
     "API_PERMISSION_CLASSES": ["django_tasks.api.permissions.IsOwnerOrStaff"],
     "API_EXPOSE_ARGUMENTS": False,  # show args/kwargs to the owner, not only to staff

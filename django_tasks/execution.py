@@ -57,9 +57,11 @@ def run_task(
     *,
     guard: AbstractContextManager[Any] | None = None,
 ) -> Run:
-    """Run ``task`` with ``args``/``kwargs`` as ``request``; never raises an ``Exception``.
+    """Run ``task`` with ``args``/``kwargs`` as ``request``; never raises.
 
-    ``guard`` wraps the task's own code (the worker's time limits and savepoint).
+    Whatever the task raises is its failure, ``BaseException``s included (``sys.exit()``,
+    ``KeyboardInterrupt``, …): a task cannot stop the process that runs it, or its
+    batch-mates. ``guard`` wraps the task's own code (the worker's time limits and savepoint).
     """
     stack = request_stack()
     stack.append((task, request))
@@ -69,10 +71,10 @@ def run_task(
         if request.pending_retry is not None:
             raise request.pending_retry
         if not request.ignore_result:
-            value = encode_result(value)
+            value = encode_result(value, task.name)
     except Retry as retry:
         return Run(states.RETRY, retry=retry)
-    except Exception as exc:  # EncodeError included: a result that cannot be stored
+    except BaseException as exc:  # EncodeError too: a result that cannot be stored
         return Run.failure(request, exc)
     finally:
         stack.pop()

@@ -49,5 +49,5 @@ def run_followups(followups: Iterable[Callable[[], None]]) -> None:
     for followup in followups:
         try:
             followup()
-        except Exception:
+        except BaseException:  # an errback runs task code here: sys.exit() included
             logger.exception("A link of a finished task failed; the task's result stands")

@@ -94,16 +94,21 @@ def encode_arguments(
     try:
         if serializer == "json" and not compression:
             # Validate now; the JSON field encodes the same way when the row is saved.
-            kombu_json.dumps([args, kwargs])
+            text = kombu_json.dumps([args, kwargs])
+            problem = _unstorable_in(text, [(args, "args"), (kwargs, "kwargs")])
+            if problem is not None:
+                raise EncodeError(f"Task {task_name!r}: {problem}")
             return EncodedArguments(args=list(args), kwargs=dict(kwargs))
         content_type, _encoding, data = serialization.dumps([args, kwargs], serializer=serializer)
     except EncodeError as exc:
+        if str(exc).startswith(f"Task {task_name!r}: "):
+            raise
         raise EncodeError(
-            f"Task {task_name!r}: arguments cannot be encoded with {serializer!r}: {exc}"
+            f"Task {task_name!r}: arguments cannot be encoded with {serializer!r}: {safe_str(exc)}"
         ) from exc
     except Exception as exc:
         raise EncodeError(
-            f"Task {task_name!r}: arguments cannot be encoded with {serializer!r}: {exc}"
+            f"Task {task_name!r}: arguments cannot be encoded with {serializer!r}: {safe_str(exc)}"
         ) from exc
     body = data.encode() if isinstance(data, str) else bytes(data)
     if compression:
@@ -157,17 +162,115 @@ def decode_arguments(
 
 
 def check_json(value: Any, what: str) -> Any:
-    """Return ``value`` if it can be stored as JSON; else ``EncodeError`` naming ``what``."""
+    """Return ``value`` if every supported database can store it as JSON; else
+    ``EncodeError`` naming ``what`` and the part at fault."""
     try:
-        kombu_json.dumps(value)
+        text = kombu_json.dumps(value)
     except Exception as exc:
-        raise EncodeError(f"{what} cannot be stored as JSON: {exc}") from exc
+        raise EncodeError(f"{what} cannot be stored as JSON: {safe_str(exc)}") from exc
+    problem = _unstorable_in(text, [(value, what)])
+    if problem is not None:
+        raise EncodeError(problem)
     return value
 
 
-def encode_result(value: Any) -> Any:
-    """Check that a return value can be stored as JSON; raise ``EncodeError`` if not."""
-    return check_json(value, "the return value")
+#: What JSON text shows of a value some database cannot store: NaN and infinities, and
+#: (escaped) NUL characters and surrogates. Surrogate pairs (emoji…) look alike here and are
+#: told apart by :func:`unstorable`.
+_SUSPECT = ("NaN", "Infinity", "\\u0000", *(f"\\ud{c}" for c in "89abcdef"))
+
+
+def _unstorable_in(text: str, parts: list[tuple[Any, str]]) -> str | None:
+    """:func:`unstorable` for each ``(value, name)``, only when ``text`` (their JSON) shows
+    a suspect; the common case costs a few substring searches."""
+    if not any(suspect in text for suspect in _SUSPECT):
+        return None
+    for value, name in parts:
+        problem = unstorable(value, name)
+        if problem is not None:
+            return problem
+    return None
+
+
+def unstorable(value: Any, name: str) -> str | None:
+    """Why ``value`` (named ``name``) cannot be stored by every supported database, or None.
+
+    PostgreSQL's ``jsonb`` rejects NaN and infinities, and its ``jsonb`` and ``text`` reject
+    NUL characters and lone surrogates; the same values are refused on every database, so that
+    a task behaves alike wherever it runs. Walks without recursion (deep values are fine).
+    """
+    stack: list[tuple[Any, str]] = [(value, name)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float) and (item != item or item in (_INF, -_INF)):
+            return f"{path} is {item!r}, which cannot be stored as JSON"
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem is not None:
+                return f"{path} {problem}, which cannot be stored"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and (problem := text_problem(key)) is not None:
+                    return f"a key of {path} {problem}, which cannot be stored"
+                stack.append((child, f"{path}[{_short_repr(key)}]"))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
+    return None
+
+
+_INF = float("inf")
+
+
+def _short_repr(key: Any) -> str:
+    text = safe_repr(key)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def text_problem(text: str) -> str | None:
+    """What in ``text`` a database cannot store: a NUL character or a lone surrogate."""
+    if "\x00" in text:
+        return "holds a NUL character (\\x00)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds a lone surrogate (not valid UTF-8)"
+    return None
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what a database cannot store replaced (NUL and lone surrogates)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def safe_str(value: object) -> str:
+    """``str(value)`` that never raises (an exception's ``__str__`` may) and is storable."""
+    try:
+        text = str(value)
+    except BaseException:  # a task's object decides what its __str__ raises
+        text = f"<{type(value).__name__} object: str() failed>"
+    return storable_text(text)
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)`` that never raises and is storable."""
+    try:
+        text = repr(value)
+    except BaseException:  # whatever it raises, the caller needs an answer
+        text = f"<{type(value).__name__} object: repr() failed>"
+    return storable_text(text)
+
+
+def encode_result(value: Any, task_name: str = "") -> Any:
+    """Check that a return value can be stored as JSON; raise ``EncodeError`` naming the task
+    and the part at fault if not."""
+    what = f"the return value of task {task_name!r}" if task_name else "the return value"
+    return check_json(value, what)
 
 
 def json_round_trip(value: Any) -> Any:
@@ -180,8 +283,10 @@ def exception_to_dict(exc: BaseException) -> dict[str, Any]:
     exc_type = type(exc)
     try:
         exc_args = json_round_trip(list(exc.args))
-    except Exception:
-        exc_args = [str(exc)]
+        if unstorable(exc_args, "args") is not None:
+            exc_args = [storable_text(safe_str(a)) for a in exc.args]
+    except BaseException:  # args that cannot be stored, read or even listed
+        exc_args = [safe_str(exc)]
     return {
         "exc_type": exc_type.__qualname__,
         "exc_module": exc_type.__module__,
@@ -190,7 +295,12 @@ def exception_to_dict(exc: BaseException) -> dict[str, Any]:
 
 
 def format_traceback(exc: BaseException) -> str:
-    return "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+    """The formatted traceback of ``exc``, storable (never raises)."""
+    try:
+        text = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:  # whatever it raises, the caller needs an answer
+        text = f"{type(exc).__qualname__} (its traceback could not be formatted)"
+    return storable_text(text)
 
 
 def _find_exception_class(module: str, qualname: str) -> type[BaseException] | None:

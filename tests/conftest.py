@@ -78,6 +78,9 @@ def purge_broker_queues() -> None:
             queue = transport.kombu_queue(name)(conn.channel())
             queue.declare()
             queue.purge()
+    # The sentinel tells workers that the broker still holds what it was given; put it there
+    # now, so that no test's worker takes this run's start for a broker that forgot.
+    transport.broker_forgot()
     transport.close()
 
 

@@ -25,11 +25,13 @@ from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 
 from django_tasks import states, store
-from django_tasks.messages import compression_content_type
+from django_tasks.messages import compression_content_type, storable_text
 from django_tasks.models import TaskResult
 from django_tasks.options import build_outgoing
 from django_tasks.testing import run_until_empty
 from django_tasks.transports import get_transport
+from django_tasks.transports.broker import SENTINEL_QUEUE
+from django_tasks.transports.envelope import message_from_outgoing
 from django_tasks.transports.pools import producer_pool
 from tests.conftest import REPO, broker_url, database_url, purge_broker_queues, wait_until
 from tests.taskapp import tasks
@@ -226,6 +228,9 @@ BAD_MESSAGES = {
         "application/x-python-serialize",
         "not in ACCEPT_CONTENT",
     ),
+    "nul-in-id": (b"[[1, 1], {}]", _headers(id="ab\x00cd"), None, "NUL character"),
+    "nul-in-task-name": (b"[[1, 1], {}]", _headers(task="tests\x00add"), None, "NUL character"),
+    "surrogate-in-id": (b"[[1, 1], {}]", _headers(id="ab\ud800"), None, "lone surrogate"),
     "bad-compression-header": (
         b"[[1, 1], {}]",
         _headers(compression="application/x-no-such-compression"),
@@ -243,7 +248,8 @@ def test_a_bad_message_is_recorded_as_failure_and_the_worker_goes_on(kind):
     assert run_until_empty() == 1
     assert good.get(timeout=1) == 4
     if "id" in headers:
-        bad = TaskResult.objects.get(task_id=headers["id"])
+        # What a database cannot store in an id is replaced in the recorded row.
+        bad = TaskResult.objects.get(task_id=storable_text(headers["id"]))
         assert bad.state == states.FAILURE
         assert reason in bad.result["exc_message"][0]
     assert take(timeout=0.3) is None  # acknowledged: never delivered again
@@ -359,7 +365,15 @@ def broker_at(settings):
     get_transport().close()
 
 
-def test_retry_false_fails_at_once_with_the_cause_and_leaves_no_row(broker_at):
+def assert_only_a_not_sent_tombstone() -> TaskResult:
+    """A send that raised leaves its row as a finished "not sent" tombstone: never run."""
+    row = TaskResult.objects.get()
+    assert (row.state, row.meta) == (states.REVOKED, {"reason": "not sent"})
+    assert [change.state for change in row.history.all()] == [states.REVOKED]
+    return row
+
+
+def test_retry_false_fails_at_once_with_the_cause_and_leaves_only_a_tombstone(broker_at):
     broker_at(closed_port_url())
     started = time.monotonic()
     with pytest.raises(OperationalError) as raised:
@@ -367,7 +381,70 @@ def test_retry_false_fails_at_once_with_the_cause_and_leaves_no_row(broker_at):
     assert time.monotonic() - started < 1.0
     assert raised.value.__cause__ is not None
     assert "tests.taskapp.tasks.add" in str(raised.value)
-    assert not TaskResult.objects.exists()
+    assert_only_a_not_sent_tombstone()
+
+
+def test_a_message_of_a_send_that_raised_is_never_run(broker_at):
+    """The publish reached the broker but the caller was told it failed (a lost confirm):
+    the late message finds its task finished and is dropped, so the caller may send again."""
+    real = broker_url()
+    broker_at(closed_port_url())
+    with pytest.raises(OperationalError):
+        tasks.record.apply_async(("told-not-sent",), task_id="lost-confirm", retry=False)
+    broker_at(real)
+    outgoing = build_outgoing(tasks.record, "test", ["told-not-sent"], {}, {})
+    outgoing.task_id = "lost-confirm"
+    get_transport().publish(message_from_outgoing(outgoing), retry=False, retry_policy=FAST_POLICY)
+    assert run_until_empty() == 0
+    assert not Run.objects.exists()
+    assert take(timeout=0.3) is None  # taken and dropped
+    assert_only_a_not_sent_tombstone()
+    # Sending again with the same id replaces the tombstone, and runs.
+    again = tasks.record.apply_async(("sent",), task_id="lost-confirm")
+    assert run_until_empty() == 1
+    assert again.get(timeout=1) == "sent"
+
+
+def test_a_send_whose_publish_raised_after_a_worker_took_it_counts_as_sent(monkeypatch):
+    """The message got through and a worker took the task before the publish raised: the
+    caller is not told "not sent" (it would send again), and the task runs once."""
+    from django_tasks.transports.broker import BrokerTransport
+
+    publish = BrokerTransport.publish
+
+    def publish_then_lose_the_confirm(self, message, **options):
+        publish(self, message, **options)
+        assert run_until_empty() == 1  # a worker is quicker than the confirm
+        raise OperationalError("the connection dropped before the confirm")
+
+    monkeypatch.setattr(BrokerTransport, "publish", publish_then_lose_the_confirm)
+    result = tasks.record.delay("sent after all")
+    assert result.get(timeout=1) == "sent after all"
+    assert Run.objects.filter(label="sent after all").count() == 1
+
+
+def test_a_broker_that_forgot_its_queues_gets_the_waiting_tasks_again(start_worker):
+    """A Redis with nothing on disk restarts empty: workers notice the missing sentinel
+    and send the waiting tasks again, without a person."""
+    result = tasks.record.delay("forgotten")
+    if is_amqp():
+        with Connection(broker_url()) as conn:
+            channel = conn.channel()
+            for queue in ("default", SENTINEL_QUEUE):  # the queues and what they held
+                channel.queue_delete(queue)
+    else:
+        import redis
+
+        redis.Redis.from_url(broker_url()).flushdb()  # what a restart without a disk does
+    assert take(timeout=0.3) is None
+    worker = start_worker("--concurrency", "1")
+    try:
+        assert result.get(timeout=20) == "forgotten"
+    finally:
+        print(worker.output())
+    assert "lost its queues" in worker.output()
+    worker.signal(15)
+    assert worker.wait(20) == 0
 
 
 def test_the_retry_policy_sleeps_between_attempts_then_gives_up(broker_at):
@@ -379,7 +456,7 @@ def test_the_retry_policy_sleeps_between_attempts_then_gives_up(broker_at):
     elapsed = time.monotonic() - started
     assert 0.1 + 0.3 + 0.3 - 0.05 <= elapsed < 5.0  # the policy's sleeps: 0.1, 0.3, 0.3
     assert raised.value.__cause__ is not None
-    assert not TaskResult.objects.exists()
+    assert_only_a_not_sent_tombstone()
 
 
 class Outage:

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
+from kombu.exceptions import EncodeError
 
 from .. import states
 from ..exceptions import TaskRevokedError
-from ..messages import exception_to_dict
+from ..messages import exception_to_dict, safe_str, storable_text
 from ..models import TaskResult, TaskStateChange
 from .sql import column_of, concrete_field
 
@@ -43,6 +46,12 @@ class StateChange:
     delete: bool = False
 
 
+#: Told of a change that could not be stored, and of the failure recorded in its place.
+Unstorable = Callable[[StateChange, BaseException], None]
+#: Errors of the connection, not of the data: the caller retries or reconnects.
+CONNECTION_ERRORS = (OperationalError, InterfaceError)
+
+
 class _LeaseLost(Exception):
     """A batched write matched fewer rows than it had changes: redo it row by row."""
 
@@ -53,6 +62,7 @@ def record_states(
     worker: str = "",
     lease_token: str | None = None,
     guard: Q | None = None,
+    on_unstorable: Unstorable | None = None,
 ) -> int:
     """Write ``changes`` and their history rows in one transaction; return how many applied.
 
@@ -60,13 +70,31 @@ def record_states(
     lease was recovered by another does not overwrite the outcome). ``guard`` narrows it
     further. Unguarded batches take one ``executemany``; if any row no longer matches, the
     transaction is rolled back and redone row by row to find out which.
+
+    A batch never shares fate: if the database refuses it for its data (not its connection),
+    each change is written on its own, and one the database still refuses is recorded as
+    ``FAILURE`` with an ``EncodeError`` saying why (``on_unstorable`` is told), so that its
+    batch-mates are recorded as they ended.
     """
     if not changes:
         return 0
     try:
-        applied = _record(changes, worker, lease_token, guard, batched=guard is None)
-    except _LeaseLost:
-        applied = _record(changes, worker, lease_token, guard, batched=False)
+        # Inside a caller's transaction a savepoint keeps a refused batch from breaking it;
+        # in autocommit a refused statement changes nothing.
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+            try:
+                applied = _record(changes, worker, lease_token, guard, batched=guard is None)
+            except _LeaseLost:
+                applied = _record(changes, worker, lease_token, guard, batched=False)
+    except CONNECTION_ERRORS:
+        raise
+    except Exception as exc:
+        logger.warning(
+            "A batch of %d state change(s) could not be stored (%s); storing them one by one",
+            len(changes),
+            safe_str(exc),
+        )
+        applied = _record_one_by_one(changes, worker, lease_token, guard, on_unstorable)
     lost = len(changes) - applied
     if lost and guard is None:
         logger.warning(
@@ -75,6 +103,65 @@ def record_states(
             lost,
         )
     return applied
+
+
+def _record_one_by_one(
+    changes: list[StateChange],
+    worker: str,
+    lease_token: str | None,
+    guard: Q | None,
+    on_unstorable: Unstorable | None,
+) -> int:
+    applied = 0
+    for change in changes:
+        try:
+            with transaction.atomic():
+                applied += _record([change], worker, lease_token, guard, batched=False)
+            continue
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as exc:
+            refused = exc
+        substitute = unstorable_change(change, refused)
+        try:
+            with transaction.atomic():
+                applied += _record([substitute], worker, lease_token, guard, batched=False)
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as again:
+            logger.error(
+                "Task row %d: neither its %s nor a FAILURE could be stored (%s); the lease "
+                "recovery will settle it",
+                change.pk,
+                change.state,
+                safe_str(again),
+            )
+            continue
+        logger.error(
+            "Task row %d: its %s could not be stored (%s); recorded FAILURE instead",
+            change.pk,
+            change.state,
+            safe_str(refused),
+        )
+        if on_unstorable is not None:
+            on_unstorable(change, substitute_error(change, refused))
+    return applied
+
+
+def substitute_error(change: StateChange, refused: BaseException) -> EncodeError:
+    """The error recorded for a change the database refused."""
+    return EncodeError(f"the task's {change.state} could not be stored: {safe_str(refused)}"[:2000])
+
+
+def unstorable_change(change: StateChange, refused: BaseException) -> StateChange:
+    """``FAILURE`` with an ``EncodeError`` in place of a change the database refused."""
+    exc = substitute_error(change, refused)
+    return StateChange(
+        change.pk,
+        states.FAILURE,
+        {"result": exception_to_dict(exc), "traceback": None, "date_done": timezone.now()},
+        detail=storable_text(f"EncodeError: {exc}")[:2000],
+    )
 
 
 def _record(
@@ -303,5 +390,5 @@ def failure_change(
             "traceback": traceback,
             "date_done": timezone.now(),
         },
-        detail=detail or f"{type(exc).__name__}: {exc}",
+        detail=detail or f"{type(exc).__name__}: {safe_str(exc)}",
     )

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from .. import states
 from ..exceptions import WorkerLostError
-from ..models import CLAIMABLE_STATES, TaskResult
+from ..models import CLAIMABLE_STATES, TaskResult, TaskStateChange
 from .changes import StateChange, failure_change, record_states, revoked_change
 from .sql import finish_value, row_converter
 
@@ -78,6 +78,15 @@ class ClaimedTask:
     owner_id: Any
     #: The broker message it came in, while it is still to be acknowledged (broker transports).
     delivery: Any = None
+    #: Why the row cannot be run as stored (e.g. its options are not a JSON object), if so.
+    problem: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, dict):
+            self.problem = (
+                f"malformed row: options is a {type(self.options).__name__}, not a JSON object"
+            )
+            self.options = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,10 +225,18 @@ def _give_back(rows: Any, republish: bool) -> int:
     return int(rows.update(**released))
 
 
-def recover_lost(acks_late: AcksLatePolicy, lease_tokens: list[str] | None = None) -> int:
+def recover_lost(
+    acks_late: AcksLatePolicy,
+    lease_tokens: list[str] | None = None,
+    *,
+    max_redeliveries: int | None = None,
+    on_failed: Callable[[int, BaseException], None] | None = None,
+) -> int:
     """Apply the lost-worker rule to tasks whose lease ran out, or (``lease_tokens``) whose
-    holders are gone: ``acks_late`` tasks are queued again, others fail with
-    ``WorkerLostError``. Returns how many were recovered."""
+    holders are gone: ``acks_late`` tasks are queued again, at most ``max_redeliveries``
+    times (each one a ``PENDING`` history row), and fail with ``WorkerLostError`` after that;
+    others fail at once. ``on_failed`` is told of each failure recorded (for its errbacks).
+    Returns how many were recovered."""
     now = timezone.now()
     if lease_tokens is None:
         guard = Q(lease_expires__lt=now)
@@ -231,22 +248,42 @@ def recover_lost(acks_late: AcksLatePolicy, lease_tokens: list[str] | None = Non
     for pk, task_name, token, worker in rows.values_list(
         "pk", "task_name", "lease_token", "worker"
     ):
+        exc: WorkerLostError | None = None
         if acks_late(task_name):
-            change = StateChange(
-                pk,
-                states.PENDING,
-                {"date_started": None, "worker": "", "dispatched": False},
-                detail=f"worker {worker} lost; queued again (acks_late)",
-            )
+            lost_before = redeliveries(pk)
+            if max_redeliveries is None or lost_before < max_redeliveries:
+                change = StateChange(
+                    pk,
+                    states.PENDING,
+                    {"date_started": None, "worker": "", "dispatched": False},
+                    detail=f"worker {worker} lost; queued again (acks_late, "
+                    f"redelivery {lost_before + 1})",
+                )
+            else:
+                exc = WorkerLostError(
+                    f"Worker {worker} exited while running the task, which had been queued "
+                    f"again {lost_before} time(s) after lost workers already "
+                    f"(WORKER_LOST_MAX_REDELIVERIES): not queued again"
+                )
         else:
             exc = WorkerLostError(
                 f"Worker {worker} exited before recording the outcome of the task"
             )
+        if exc is not None:
             change = failure_change(pk, exc, detail=f"worker {worker} lost")
             change.fields["date_done"] = now
-        recovered += record_states([change], lease_token=token, guard=guard)
+        applied = record_states([change], lease_token=token, guard=guard)
+        recovered += applied
         logger.warning("Recovered task %s from lost worker %s: %s", pk, worker, change.state)
+        if applied and exc is not None and on_failed is not None:
+            on_failed(pk, exc)
     return recovered
+
+
+def redeliveries(pk: int) -> int:
+    """How often task row ``pk`` was queued again after a lost worker (its ``PENDING``
+    history rows: sending implies the first ``PENDING`` and writes none)."""
+    return TaskStateChange.objects.filter(task_id=pk, state=states.PENDING).count()
 
 
 def revoke_expired(limit: int = 1000) -> int:

@@ -87,6 +87,7 @@ def insert_task(
     sql, fields = insert_statement()
     params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
     delays = publish_delays(retry_policy) if retry else iter(())
+    tombstone_replaced = False
     while True:
         try:
             with connection.cursor() as cursor:
@@ -94,6 +95,11 @@ def insert_task(
             return
         except IntegrityError as exc:
             if "task_id" in str(exc):  # the unique constraint, named on every backend
+                # (Inside the caller's transaction the failed INSERT has broken it.)
+                replaceable = not (tombstone_replaced or connection.in_atomic_block)
+                if replaceable and _replace_tombstone(outgoing.task_id):
+                    tombstone_replaced = True
+                    continue  # a send of this id raised before: this one replaces it
                 raise ValueError(
                     f"task_id {outgoing.task_id!r} is already used by another task"
                 ) from exc
@@ -118,9 +124,44 @@ def mark_dispatched(task_id: str) -> None:
     TaskResult.objects.filter(task_id=task_id, dispatched=False).update(dispatched=True)
 
 
-def delete_unsent(task_id: str) -> None:
-    """Remove the row of a send that raised: nothing half-sent stays behind."""
-    TaskResult.objects.filter(task_id=task_id, state=states.PENDING).delete()
+#: The reason a send that raised leaves on its row (``REVOKED``).
+NOT_SENT = "not sent"
+
+
+def mark_unsent(task_id: str) -> bool:
+    """Keep a tombstone for a send whose publish raised: the row becomes ``REVOKED`` ("not
+    sent"), unless a worker has claimed it already (the message got through after all).
+
+    Returns True when the tombstone is down: the caller is told the task was not sent, and a
+    message that reached the broker anyway (its confirm was lost) finds its task finished
+    and is dropped. False: a worker holds it, so it was sent. Sending again with the same
+    ``task_id`` replaces the tombstone.
+    """
+    row = TaskResult.objects.filter(task_id=task_id).values_list("pk", flat=True).first()
+    if row is None:
+        return True
+    change = revoked_change(row, NOT_SENT, timezone.now())
+    change.detail = "not sent: publishing the message failed"
+    waiting = Q(state=states.PENDING, lease_token__isnull=True)
+    return bool(record_states([change], guard=waiting))
+
+
+def _replace_tombstone(task_id: str) -> bool:
+    """Delete the "not sent" tombstone of ``task_id``, if that is what holds the id."""
+    deleted, _ = TaskResult.objects.filter(
+        task_id=task_id, state=states.REVOKED, meta__reason=NOT_SENT
+    ).delete()
+    return bool(deleted)
+
+
+def redispatch_waiting() -> int:
+    """Mark every waiting task whose message is with the broker as not dispatched, for the
+    relay to publish again (the broker lost its messages); returns how many."""
+    return int(
+        TaskResult.objects.filter(
+            state__in=CLAIMABLE_STATES, lease_token__isnull=True, dispatched=True
+        ).update(dispatched=False)
+    )
 
 
 def link_rerun(task_id: str, original_pk: int) -> None:

@@ -30,11 +30,10 @@ from kombu.message import Message
 
 from .. import store
 from ..conf import SETTINGS_NAME, tasks_settings
-from ..messages import accepted_content_types
+from ..messages import JSON_CONTENT_TYPE, accepted_content_types, safe_str, storable_text
 from ..store import Claim, ClaimedTask
 from .base import KnownTask, OutgoingTask, Transport, database_description
 from .envelope import (
-    BadMessage,
     body_problem,
     check_message,
     message_from_outgoing,
@@ -59,6 +58,12 @@ FILL_GAP = 0.001
 RELAY_BATCH = 500
 #: Seconds a Redis consumer's BRPOP blocks for (kombu's default is 1).
 REDIS_BRPOP_TIMEOUT = 0.1
+#: A queue nobody consumes, holding one persistent message. If it is gone, the broker forgot
+#: its queues (e.g. a Redis that keeps nothing on disk restarted), and with them the messages
+#: of waiting tasks, which are then sent again.
+SENTINEL_QUEUE = "django_tasks.sentinel"
+#: How often each worker's relay looks at the sentinel.
+SENTINEL_INTERVAL = 5.0
 
 
 class BrokerTransport(Transport):
@@ -76,6 +81,7 @@ class BrokerTransport(Transport):
         self._consumer: KombuConsumer | None = None
         self._listening: tuple[str, ...] = ()
         self._inbox: collections.deque[Message] = collections.deque()
+        self._next_sentinel_check = 0.0
 
     # -- connections --------------------------------------------------------------------------
 
@@ -163,10 +169,19 @@ class BrokerTransport(Transport):
         store.insert_task(outgoing, dispatched=True, retry=retry, retry_policy=retry_policy)
         try:
             self.publish(message_from_outgoing(outgoing), retry=retry, retry_policy=retry_policy)
-        except BaseException:
-            # Nothing half-sent: no row without a message.
-            store.delete_unsent(outgoing.task_id)
-            raise
+        except BaseException as exc:
+            # A caller told "not sent" may send again, so a message that got to the broker
+            # anyway (its confirm was lost) must never run: the row stays as a "not sent"
+            # tombstone. If a worker has claimed the row already, the message did get through,
+            # and the caller is told so by not raising.
+            if store.mark_unsent(outgoing.task_id) or not isinstance(exc, Exception):
+                raise
+            logger.warning(
+                "Publishing %s[%s] raised (%s), but a worker has the task already: sent",
+                outgoing.task_name,
+                outgoing.task_id,
+                safe_str(exc),
+            )
 
     def send_on_commit(
         self, outgoing: OutgoingTask, *, retry: bool, retry_policy: dict[str, Any]
@@ -252,6 +267,15 @@ class BrokerTransport(Transport):
         """Publish due rows that have no message; return the seconds until the next one is
         due, or None when none waits."""
         policy = tasks_settings.TASK_PUBLISH_RETRY_POLICY
+        if time.monotonic() >= self._next_sentinel_check:
+            self._next_sentinel_check = time.monotonic() + SENTINEL_INTERVAL
+            if self.broker_forgot():
+                again = store.redispatch_waiting()
+                logger.warning(
+                    "The broker has lost its queues (it restarted with nothing on disk?): "
+                    "sending the %d waiting task(s) it held again",
+                    again,
+                )
 
         def publish(row: dict[str, Any]) -> None:
             self.publish(message_from_row(row), retry=True, retry_policy=policy)
@@ -260,6 +284,40 @@ class BrokerTransport(Transport):
         if published:
             logger.info("Relay published %d due task(s)", published)
         return next_due
+
+    def broker_forgot(self) -> bool:
+        """Whether the broker lost its queues since the sentinel message was put there (or
+        it was never put there); puts one there if so."""
+        exchange = Exchange(SENTINEL_QUEUE, type="direct", durable=True)
+        queue = Queue(SENTINEL_QUEUE, exchange, routing_key=SENTINEL_QUEUE, durable=True)
+        with producer_pool(self.broker).acquire(block=True) as producer:
+            conn = producer.connection
+            try:
+                conn.ensure_connection(max_retries=0)
+                channel = conn.channel()
+                try:
+                    count = channel.queue_declare(queue=SENTINEL_QUEUE, passive=True)[1]
+                except Exception:  # the channel's "no such queue" (NOT_FOUND on AMQP)
+                    count = 0
+                finally:
+                    self._quietly(channel.close)
+                if count:
+                    return False
+                producer.publish(
+                    b"{}",
+                    exchange="",
+                    routing_key=SENTINEL_QUEUE,
+                    declare=[queue],
+                    content_type=JSON_CONTENT_TYPE,
+                    content_encoding="utf-8",
+                    delivery_mode=2,
+                    serializer=None,
+                )
+                return True
+            except self._connection_errors() as exc:
+                self._quietly(conn.collect)
+                logger.warning("Could not look at the broker's sentinel queue (%s)", exc)
+                return False
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -333,8 +391,8 @@ class BrokerTransport(Transport):
         for message in received:
             try:
                 task_id = check_message(message, accepted)
-            except BadMessage as exc:
-                self.record_bad_message(message, str(exc), worker)
+            except Exception as exc:  # BadMessage, or a message too broken to look at
+                self.record_bad_message(message, safe_str(exc), worker)
                 continue
             if task_id in deliveries:
                 self._quietly(message.ack)  # the same task twice in one batch
@@ -403,11 +461,19 @@ class BrokerTransport(Transport):
 
     def record_bad_message(self, message: Message, reason: str, worker: str) -> None:
         """Log a message no worker can run, record ``FAILURE`` if its id is readable, ack it."""
-        headers = message.headers or {}
-        task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
-        logger.error("Rejected a message (task id %s): %s", task_id or "unreadable", reason)
-        queue = (message.delivery_info or {}).get("routing_key") or ""
-        store.record_bad_message(task_id, headers.get("task"), queue, reason, worker)
+        try:
+            headers = message.headers if isinstance(message.headers, dict) else {}
+            raw_id = headers.get("id")
+            task_id = storable_text(raw_id)[:255] if isinstance(raw_id, str) and raw_id else None
+            name = headers.get("task")
+            name = storable_text(name) if isinstance(name, str) else None
+            reason = storable_text(reason)
+            logger.error("Rejected a message (task id %r): %s", task_id or "unreadable", reason)
+            queue = storable_text(str((message.delivery_info or {}).get("routing_key") or ""))
+            store.record_bad_message(task_id, name, queue, reason, worker)
+        except Exception:
+            # Recording is best effort; the message goes either way, or it would come back.
+            logger.exception("Could not record a rejected message; dropping it")
         self._quietly(message.ack)
 
     # -- waiting ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 from kombu.message import Message
 from kombu.utils import json as kombu_json
 
-from ..messages import JSON_CONTENT_TYPE, compression_content_type
+from ..messages import JSON_CONTENT_TYPE, compression_content_type, text_problem
 from .base import OutgoingTask
 
 
@@ -102,6 +102,13 @@ def check_message(message: Message, accepted: set[str]) -> str:
         raise BadMessage("no task id in the message headers")
     if not isinstance(headers.get("task"), str) or not headers["task"]:
         raise BadMessage("no task name in the message headers")
+    for key, label in (("id", "task id"), ("task", "task name")):
+        value = headers[key]
+        problem = text_problem(value) or (
+            "is longer than 255 characters" if len(value) > 255 else None
+        )
+        if problem is not None or not value:
+            raise BadMessage(f"the {label} in the message headers {problem or 'is empty'}")
     if message.errors:
         raise BadMessage(f"the message cannot be read: {message.errors[0][1]}")
     if message.content_type not in accepted:

@@ -23,6 +23,8 @@ from ..store import ClaimedTask
 from ..transports import get_transport
 from .execution import ExecutionContext, Outcome, execute
 from .limits import Enforcer, enforcer_for_this_thread
+from .recovery import journal_entry, recover_lost
+from .slots import TaskSlot
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -73,12 +75,16 @@ class Consumer:
         stop: threading.Event,
         burst: bool = False,
         enforcer: Enforcer | None = None,
+        journal: TaskSlot | None = None,
     ) -> None:
         self.queues = queues
         self.hostname = hostname
         self.lease_token = lease_token
         self.stop = stop
         self.burst = burst
+        #: Prefork: shared memory where finished outcomes wait for the next write, so that
+        #: the parent records them if this process dies.
+        self.journal = journal
         self.transport = get_transport()
         self.lease_seconds = float(tasks_settings.WORKER_LEASE_SECONDS)
         self.poll_interval = self.transport.poll_interval
@@ -169,7 +175,7 @@ class Consumer:
             self.transport.close()
             self.stop.wait(delay)
             try:
-                store.recover_lost(tasks_registry.acks_late, lease_tokens=[self.lease_token])
+                recover_lost([self.lease_token])
                 return
             except DatabaseError as again:
                 exc, failures = again, failures + 1
@@ -215,7 +221,10 @@ class Consumer:
                 claimed_at = time.monotonic()
             if not outcomes:
                 first_outcome_at = time.monotonic()
-            outcomes.append(execute(claimed, self.context))
+            outcome = execute(claimed, self.context)
+            outcomes.append(outcome)
+            if self.journal is not None and not self._journal(outcome):
+                self.flush(outcomes)
         self.flush(outcomes)
         self.transport.acknowledge(batch)  # acks_late: now that outcomes are stored
         elapsed = time.monotonic() - batch_started
@@ -223,15 +232,40 @@ class Consumer:
         self.processed += len(batch)
         return len(batch)
 
+    def _journal(self, outcome: Outcome) -> bool:
+        """Journal ``outcome`` for the parent; False when it must be written now instead."""
+        assert self.journal is not None
+        try:
+            return self.journal.journal(journal_entry(outcome.change, outcome.replay))
+        except Exception:
+            logger.exception("Could not journal an outcome; writing it now")
+            return False
+
     def flush(self, outcomes: list[Outcome]) -> None:
-        """Record the outcomes in one batch, then apply their links."""
-        if outcomes:
-            store.record_states(
-                [o.change for o in outcomes], worker=self.hostname, lease_token=self.lease_token
-            )
-            followups = [f for o in outcomes for f in o.followups]
-            outcomes.clear()
-            run_followups(followups)
+        """Record the outcomes in one batch, then apply their links.
+
+        An outcome the database refuses is recorded as a failure on its own (its batch-mates
+        are not touched); its errbacks run instead of its links.
+        """
+        if not outcomes:
+            return
+        refused: dict[int, BaseException] = {}
+        store.record_states(
+            [o.change for o in outcomes],
+            worker=self.hostname,
+            lease_token=self.lease_token,
+            on_unstorable=lambda change, exc: refused.__setitem__(change.pk, exc),
+        )
+        if self.journal is not None:
+            self.journal.clear_journal()
+        followups = []
+        for outcome in outcomes:
+            if outcome.change.pk in refused:
+                followups.extend(outcome.on_refused(refused[outcome.change.pk]))
+            else:
+                followups.extend(outcome.followups)
+        outcomes.clear()
+        run_followups(followups)
 
     def _mark_revoked(self, waiting: list[ClaimedTask]) -> None:
         revoked = store.revoked_among([c.pk for c in waiting])

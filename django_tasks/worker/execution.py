@@ -20,7 +20,7 @@ from kombu.exceptions import DecodeError, EncodeError
 
 from .. import states
 from ..context import Request
-from ..exceptions import NotRegistered, Retry
+from ..exceptions import NotRegistered, Retry, TaskError
 from ..execution import Run, run_task
 from ..messages import (
     accepted_content_types,
@@ -28,6 +28,7 @@ from ..messages import (
     encode_arguments,
     exception_to_dict,
     format_traceback,
+    safe_str,
     serializer_of,
 )
 from ..registry import tasks_registry
@@ -59,12 +60,28 @@ class Outcome:
 
     change: StateChange
     followups: list[Callable[[], None]] = field(default_factory=list)
+    #: The followups as data, for the journal: ``link`` and ``value``, or ``link_error``
+    #: with the exception, its traceback, and the task's id and name.
+    replay: dict[str, Any] | None = None
+    #: The errbacks to apply instead, should the database refuse ``change``.
+    errbacks: Callable[[BaseException], list[Callable[[], None]]] | None = None
+
+    def on_refused(self, exc: BaseException) -> list[Callable[[], None]]:
+        """What to apply when ``change`` was refused and ``exc`` recorded in its place."""
+        return self.errbacks(exc) if self.errbacks is not None else []
 
 
 def execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
-    """Run ``claimed`` (unless it is unknown, malformed, revoked or expired) -> its outcome."""
+    """Run ``claimed`` (unless it is unknown, malformed, revoked or expired) -> its outcome.
+
+    Never raises: whatever goes wrong with one task is that task's outcome alone.
+    """
     started = time.monotonic()
-    outcome = _execute(claimed, ctx)
+    try:
+        outcome = _execute(claimed, ctx)
+    except BaseException as exc:  # a bug of ours, or a task that outwits run_task
+        logger.exception("Task %s[%s]: the worker failed to run it", claimed.task_name, claimed.pk)
+        outcome = Outcome(failure_change(claimed.pk, exc, traceback=format_traceback(exc)))
     change = outcome.change
     runtime = time.monotonic() - started
     logger.info(
@@ -80,6 +97,8 @@ def execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
 
 def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
     now = timezone.now()
+    if claimed.problem is not None:
+        return Outcome(failure_change(claimed.pk, TaskError(claimed.problem)))
     if claimed.revoked:
         return Outcome(revoked_change(claimed.pk, "revoked", now))
     if claimed.expires is not None and claimed.expires <= now:
@@ -150,17 +169,34 @@ def _outcome(
             return Outcome(_retry_change(claimed, run.retry, args, kwargs))
         except EncodeError as exc:
             run = Run.failure(request, exc)
+    replay: dict[str, Any] | None = None
     if run.exc is not None:
         change = failure_change(claimed.pk, run.exc, traceback=run.traceback)
-    elif request.ignore_result:
-        change = StateChange(claimed.pk, states.SUCCESS, delete=True)
+        if request.options.get("link_error"):
+            replay = {
+                "link_error": request.options["link_error"],
+                "exc": change.fields["result"],
+                "traceback": run.traceback,
+                "task_id": claimed.task_id,
+                "task_name": claimed.task_name,
+            }
     else:
-        change = StateChange(
-            claimed.pk,
-            states.SUCCESS,
-            {"result": run.value, "traceback": None, "date_done": timezone.now()},
-        )
-    return Outcome(change, run.followups)
+        if request.ignore_result:
+            change = StateChange(claimed.pk, states.SUCCESS, delete=True)
+        else:
+            change = StateChange(
+                claimed.pk,
+                states.SUCCESS,
+                {"result": run.value, "traceback": None, "date_done": timezone.now()},
+            )
+        if request.options.get("link"):
+            replay = {"link": request.options["link"], "value": run.value}
+    return Outcome(
+        change,
+        run.followups,
+        replay,
+        errbacks=lambda exc: Run.failure(request, exc).followups,
+    )
 
 
 def _reencoded(claimed: ClaimedTask, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -179,7 +215,7 @@ def _reencoded(claimed: ClaimedTask, args: list[Any], kwargs: dict[str, Any]) ->
 def _retry_change(
     claimed: ClaimedTask, retry: Retry, args: list[Any], kwargs: dict[str, Any]
 ) -> StateChange:
-    exc = retry.exc if retry.exc is not None else retry
+    exc: BaseException = retry.exc if retry.exc is not None else retry
     fields = {
         "result": exception_to_dict(exc),
         "traceback": format_traceback(exc) if exc.__traceback__ else None,
@@ -206,5 +242,5 @@ def _retry_change(
         states.RETRY,
         fields,
         detail=f"retry {claimed.retries + 1} at {fields['run_after']:%H:%M:%S}: "
-        f"{type(exc).__name__}: {exc}",
+        f"{type(exc).__name__}: {safe_str(exc)}",
     )

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 if TYPE_CHECKING:
-    from .watchdog import TaskSlot
+    from .slots import TaskSlot
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from django.db import connections
 
 from .consumer import Consumer, new_lease_token
 from .limits import SignalEnforcer
-from .watchdog import TaskSlot, terminate_handler
+from .slots import TaskSlot, terminate_handler
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -31,6 +31,15 @@ POOLS = ("prefork", "threads", "solo")
 
 def process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class LostLoop:
+    """A consumer loop that ended abnormally: its lease token, and (prefork) its slot, whose
+    journal and running task say what became of the tasks it held."""
+
+    token: str
+    slot: TaskSlot | None = None
 
 
 @dataclass
@@ -54,8 +63,8 @@ class Pool(abc.ABC):
         """Tokens of the loops alive now."""
 
     @abc.abstractmethod
-    def reap(self) -> list[str]:
-        """Collect loops that ended; return the tokens of those that died abnormally."""
+    def reap(self) -> list[LostLoop]:
+        """Collect loops that ended; return those that died abnormally."""
 
     @abc.abstractmethod
     def alive(self) -> bool:
@@ -66,8 +75,8 @@ class Pool(abc.ABC):
         self.config.stop.set()
 
     @abc.abstractmethod
-    def kill(self) -> list[str]:
-        """Cold shutdown: stop every loop now; return the tokens they held."""
+    def kill(self) -> list[LostLoop]:
+        """Cold shutdown: stop every loop now; return the loops (their tasks to settle)."""
 
     def respawn(self) -> None:  # noqa: B027 - only prefork replaces lost processes
         """Replace loops that died, while not stopping."""
@@ -82,7 +91,7 @@ class ThreadPool(Pool):
     def __init__(self, config: PoolConfig) -> None:
         super().__init__(config)
         self._threads: dict[str, threading.Thread] = {}
-        self._failed: list[str] = []
+        self._failed: list[LostLoop] = []
 
     def _target(self, token: str) -> None:
         try:
@@ -93,9 +102,9 @@ class ThreadPool(Pool):
                 stop=self.config.stop,
                 burst=self.config.burst,
             ).run()
-        except Exception:
-            logger.exception("Consumer thread crashed")
-            self._failed.append(token)
+        except BaseException:  # SystemExit included: the thread is replaced, never silent
+            logger.exception("Consumer thread crashed; it is replaced")
+            self._failed.append(LostLoop(token))
         finally:
             connections.close_all()
 
@@ -125,16 +134,16 @@ class ThreadPool(Pool):
     def lease_tokens(self) -> list[str]:
         return [t for t, th in self._threads.items() if th.is_alive()]
 
-    def reap(self) -> list[str]:
+    def reap(self) -> list[LostLoop]:
         failed, self._failed = self._failed, []
         return failed
 
     def alive(self) -> bool:
         return any(th.is_alive() for th in self._threads.values())
 
-    def kill(self) -> list[str]:
+    def kill(self) -> list[LostLoop]:
         self.config.stop.set()
-        return self.lease_tokens()
+        return [LostLoop(token) for token in self.lease_tokens()]
 
 
 class SoloPool(ThreadPool):
@@ -156,6 +165,9 @@ class SoloPool(ThreadPool):
                 stop=self.config.stop,
                 burst=self.config.burst,
             ).run()
+        except BaseException:
+            self._failed.append(LostLoop(self._token))
+            raise
         finally:
             self._running = False
 
@@ -166,12 +178,15 @@ class SoloPool(ThreadPool):
         return getattr(self, "_running", True)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this child when the parent dies (PR_SET_PDEATHSIG)."""
+def _stop_with_parent() -> None:
+    """Ask Linux to send this child SIGTERM when the parent dies (PR_SET_PDEATHSIG): a warm
+    shutdown, so that a killed worker's children finish the task they are running, record
+    what they ran, and give back the tasks they had not started, instead of taking them all
+    down with the parent."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+            libc.prctl(1, signal.SIGTERM, 0, 0, 0)
         except Exception:  # pragma: no cover - best effort
             pass
 
@@ -203,7 +218,7 @@ class PreforkPool(Pool):
             return
         code = 0
         try:
-            _die_with_parent()
+            _stop_with_parent()
             if os.getppid() != parent:
                 os._exit(1)
             stop = threading.Event()
@@ -221,6 +236,7 @@ class PreforkPool(Pool):
                 stop=stop,
                 burst=self.config.burst,
                 enforcer=SignalEnforcer(slot),
+                journal=slot,
             ).run()
         except BaseException:
             logger.exception("Worker process crashed")
@@ -239,7 +255,7 @@ class PreforkPool(Pool):
     def lease_tokens(self) -> list[str]:
         return list(self._children.values())
 
-    def reap(self) -> list[str]:
+    def reap(self) -> list[LostLoop]:
         lost = []
         while self._children:
             try:
@@ -249,7 +265,7 @@ class PreforkPool(Pool):
             if pid == 0:
                 break
             token = self._children.pop(pid, None)
-            self._slots.pop(pid, None)
+            slot = self._slots.pop(pid, None)
             code = os.waitstatus_to_exitcode(status)
             if token is not None and code != 0:
                 logger.error(
@@ -257,7 +273,7 @@ class PreforkPool(Pool):
                     pid,
                     f"signal {-code}" if code < 0 else f"code {code}",
                 )
-                lost.append(token)
+                lost.append(LostLoop(token, slot))
         return lost
 
     def respawn(self) -> None:
@@ -275,9 +291,9 @@ class PreforkPool(Pool):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    def kill(self) -> list[str]:
+    def kill(self) -> list[LostLoop]:
         self.config.stop.set()
-        tokens = list(self._children.values())
+        lost = [LostLoop(token, self._slots.get(pid)) for pid, token in self._children.items()]
         for pid in list(self._children):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -286,7 +302,7 @@ class PreforkPool(Pool):
                 pass
         self._children.clear()
         self._slots.clear()
-        return tokens
+        return lost
 
 
 def make_pool(name: str, config: PoolConfig) -> Pool:

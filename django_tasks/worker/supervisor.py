@@ -17,7 +17,8 @@ from ..conf import tasks_settings
 from ..registry import tasks_registry
 from ..transports import Transport, get_transport
 from .consumer import refresh_connections
-from .pool import PoolConfig, PreforkPool, make_pool, process_name
+from .pool import LostLoop, PoolConfig, PreforkPool, make_pool, process_name
+from .recovery import recover_lost, settle_lost_loop
 from .watchdog import Watchdog
 
 logger = logging.getLogger("django_tasks.worker")
@@ -42,7 +43,7 @@ class Worker:
         self._signals = 0
         self._woken = threading.Event()
         self._exit_code: int | None = None
-        self._lost: list[str] = []
+        self._lost: list[LostLoop] = []
         self.watchdog = Watchdog(self.pool) if isinstance(self.pool, PreforkPool) else None
 
     # -- start-up ------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ class Worker:
         """Run until stopped; return the process exit code (0 after a warm shutdown)."""
         prepare_database()
         self._install_signal_handlers()
-        store.recover_lost(tasks_registry.acks_late)
+        recover_lost()
         store.revoke_expired()
         connections.close_all()
         self.pool.start()
@@ -84,7 +85,11 @@ class Worker:
                 target=self._supervise, name="django-tasks-supervisor", daemon=True
             )
             helper.start()
-            self.pool.run_inline()
+            try:
+                self.pool.run_inline()
+            except BaseException:
+                logger.exception("The worker's consumer loop failed; stopping")
+                self._exit_code = 1
             self._woken.set()
             helper.join()
         else:
@@ -118,6 +123,11 @@ class Worker:
                     self.pool.respawn()
                 if not self.pool.alive():
                     self._settle()
+                    if not (warm_requested or self.burst or self._exit_code):
+                        # Nobody asked it to stop: a supervisor must not read this as a
+                        # clean exit.
+                        logger.error("Every consumer loop has stopped; the worker exits with 1")
+                        self._exit_code = 1
                     return
                 now = time.monotonic()
                 try:
@@ -132,7 +142,7 @@ class Worker:
                         wait = RELAY_INTERVAL if due_in is None else min(RELAY_INTERVAL, due_in)
                         next_relay = now + wait
                     if now >= next_reap:
-                        store.recover_lost(tasks_registry.acks_late)
+                        recover_lost()
                         store.revoke_expired()
                         next_reap = now + reap_every
                     refresh_connections()
@@ -148,19 +158,20 @@ class Worker:
             connections.close_all()
 
     def _settle(self) -> None:
-        """Record the tasks the watchdog stopped, then apply the lost-worker rule to the
-        other tasks of loops that died."""
+        """Record the tasks the watchdog stopped, then settle the tasks of loops that died
+        (their journaled outcomes, their unstarted tasks, the lost-worker rule)."""
         if self.watchdog is not None:
             self.watchdog.settle()
-        if self._lost:
-            store.recover_lost(tasks_registry.acks_late, lease_tokens=self._lost)
-            self._lost = []
+        while self._lost:
+            lost = self._lost.pop(0)
+            settle_lost_loop(lost.token, lost.slot)
 
     def _cold_shutdown(self) -> None:
         logger.warning("Cold shutdown: stopping now")
-        tokens = self.pool.kill()
+        lost = self.pool.kill()
         try:
-            store.recover_lost(tasks_registry.acks_late, lease_tokens=tokens)
+            for loop in lost:
+                settle_lost_loop(loop.token, loop.slot)
         finally:
             logging.shutdown()
             os._exit(1)

@@ -6,32 +6,29 @@ writes the task it is running and that task's hard deadline. The supervisor's
 ``time_limit`` (``SIGKILL``), and sends the requested signal to a child whose task was
 revoked with ``terminate=True``. Once the child is dead, the task is recorded as
 ``FAILURE`` with :class:`TimeLimitExceeded` or as ``REVOKED`` (terminated), and the pool
-replaces the child. The other tasks the child held are queued again after a time-limit kill
-(a child records every finished task before it starts one with a hard limit, so those left
-had not started); after a terminate, they get the usual lost-worker rule.
+replaces the child. The child's other tasks are settled as for any lost loop
+(:func:`~django_tasks.worker.recovery.settle_lost_loop`): its journaled outcomes are
+recorded and the tasks it had not started are queued again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import os
 import signal
-import struct
 import time
 from dataclasses import dataclass
-from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
 from django.utils import timezone
 
 from .. import states, store
-from ..context import Request
 from ..exceptions import TimeLimitExceeded
-from ..links import apply_errback, run_followups
 from ..messages import exception_from_dict
 from ..store import StateChange
+from .recovery import apply_row_errbacks
+from .slots import SlotState, TaskSlot
 
 if TYPE_CHECKING:
     from .pool import PreforkPool
@@ -40,54 +37,6 @@ logger = logging.getLogger("django_tasks.worker")
 
 #: How often the parent looks for running tasks revoked with ``terminate=True``.
 TERMINATE_CHECK_EVERY = 0.5
-
-_LAYOUT = struct.Struct("=qddi")  # task pk (0: idle), hard deadline, hard limit, signal asked
-
-
-class SlotState(NamedTuple):
-    pk: int
-    deadline: float  # time.monotonic() (system-wide on Linux); 0: no hard limit
-    hard: float
-    terminate: int  # the signal the parent sent to terminate the task; 0: none
-
-
-class TaskSlot:
-    """Shared memory a prefork child writes at each task's start and end, and the parent reads."""
-
-    def __init__(self) -> None:
-        self._mem = mmap.mmap(-1, _LAYOUT.size)
-
-    def begin(self, pk: int, hard: float | None) -> None:
-        deadline = time.monotonic() + hard if hard else 0.0
-        # The pk goes last: a reader that sees it sees the rest.
-        _LAYOUT.pack_into(self._mem, 0, 0, deadline, hard or 0.0, 0)
-        _LAYOUT.pack_into(self._mem, 0, pk, deadline, hard or 0.0, 0)
-
-    def end(self) -> None:
-        state = self.read()
-        _LAYOUT.pack_into(self._mem, 0, 0, 0.0, 0.0, state.terminate)
-
-    def read(self) -> SlotState:
-        return SlotState(*_LAYOUT.unpack_from(self._mem, 0))
-
-    def ask_terminate(self, signum: int) -> None:
-        state = self.read()
-        _LAYOUT.pack_into(self._mem, 0, state.pk, state.deadline, state.hard, signum)
-
-
-def terminate_handler(slot: TaskSlot, otherwise: Any) -> Any:
-    """A child's handler for SIGTERM/SIGINT: die of it if the parent is terminating the task,
-    else ``otherwise`` (e.g. a warm shutdown)."""
-
-    def handle(signum: int, frame: Any) -> None:
-        if slot.read().terminate == signum:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        if callable(otherwise):
-            otherwise(signum, frame)
-
-    return handle
 
 
 @dataclass(slots=True)
@@ -170,37 +119,5 @@ class Watchdog:
                 [verdict.change], lease_token=verdict.token
             )
             if recorded and verdict.change.state == states.FAILURE:
-                _apply_errbacks(verdict.pk, verdict.change)
-            if verdict.change.state == states.FAILURE:  # killed at its time limit
-                _give_back_unstarted(verdict.token, verdict.pk, pid)
+                apply_row_errbacks(verdict.pk, exception_from_dict(verdict.change.fields["result"]))
             del self._verdicts[pid]
-
-
-def _give_back_unstarted(token: str, killed: int, pid: int) -> None:
-    """Queue again the tasks a child killed at a hard limit had claimed but not started.
-
-    Before a task with a hard limit starts, its child records the outcomes of the tasks it
-    ran before it, so the rows still leased to the child are tasks it never began. They
-    are released for any worker to claim, and (broker transports) published again by the
-    relay, whatever their ``acks_late``: as in Celery, where the parent hands them on.
-    """
-    returned = store.give_back_unstarted(token, except_pk=killed)
-    if returned:
-        logger.warning(
-            "Queued again %d task(s) that worker process %d had claimed but not started",
-            returned,
-            pid,
-        )
-
-
-def _apply_errbacks(pk: int, change: StateChange) -> None:
-    """Call the ``link_error`` of a task the parent failed (its child is gone)."""
-    from ..models import TaskResult
-
-    row = TaskResult.objects.filter(pk=pk).values("task_id", "task_name", "options").first()
-    errbacks = (row and (row["options"] or {}).get("link_error")) or []
-    if row is None or not errbacks:  # (no row: no errbacks)
-        return
-    exc = exception_from_dict(change.fields["result"], None)
-    request = Request(id=row["task_id"], task=row["task_name"], called_directly=False)
-    run_followups([partial(apply_errback, sig, request, exc, "") for sig in errbacks])

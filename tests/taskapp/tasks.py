@@ -1,6 +1,8 @@
 """Tasks the tests send to real workers."""
 
 import os
+import signal
+import sys
 import time
 
 from django_tasks import task
@@ -212,3 +214,94 @@ def hard_limited(self, label=""):
 @task(bind=True)
 def record_pid(self):
     return os.getpid()
+
+
+# -- fault isolation ----------------------------------------------------------------------------
+
+
+class UnprintableError(Exception):
+    """An exception whose ``__str__`` and ``__repr__`` raise."""
+
+    def __str__(self):
+        raise RuntimeError("str() of this exception fails")
+
+    def __repr__(self):
+        raise RuntimeError("repr() of this exception fails")
+
+
+#: Values a task may return that no database the app supports can store.
+UNSTORABLE = {
+    "nan": float("nan"),
+    "inf": float("inf"),
+    "nul": "a\x00b",
+    "surrogate": "\ud800",
+    "nested-nul": {"rows": [{"name": "x\x00"}]},
+}
+
+
+@task
+def returns_unstorable(kind):
+    return UNSTORABLE[kind]
+
+
+@task
+def raise_unprintable():
+    raise UnprintableError("a message nobody can print")
+
+
+@task(bind=True)
+def exits(self, kind, label=""):
+    """Ends its run the way ``kind`` says: not by returning or raising an ``Exception``."""
+    Run.objects.create(task_id=self.request.id, label=f"start:{label}", pid=os.getpid())
+    if kind == "sys.exit":
+        sys.exit(3)
+    if kind == "KeyboardInterrupt":
+        raise KeyboardInterrupt
+    if kind == "BaseException":
+        raise BaseException("a BaseException from a task")
+    if kind == "os._exit":
+        os._exit(7)
+    raise ValueError(kind)
+
+
+@task(bind=True, acks_late=True)
+def kills_its_process(self, label=""):
+    """An acks_late task that kills the process running it, every time (as an OOM kill would)."""
+    Run.objects.create(task_id=self.request.id, label=f"start:{label}", pid=os.getpid())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- soak (bench/soak.py) -----------------------------------------------------------------------
+
+
+def _soak_ledger(task_id, seq, acks_late):
+    """One ledger row per run, written through a SQLite connection of its own (never
+    Django's), so that bench/soak.py counts runs apart from the task rows, and a restarted
+    PostgreSQL or broker cannot lose the count."""
+    import sqlite3
+
+    ledger = sqlite3.connect(
+        os.environ["DJANGO_TASKS_SOAK_LEDGER"], timeout=60, isolation_level=None
+    )
+    try:
+        ledger.execute("PRAGMA synchronous=NORMAL")  # WAL: survives a killed process
+        ledger.execute(
+            "INSERT INTO runs (task_id, seq, acks_late, pid, at) VALUES (?, ?, ?, ?, ?)",
+            (task_id, seq, int(acks_late), os.getpid(), time.time()),
+        )
+    finally:
+        ledger.close()
+
+
+@task(bind=True)
+def soak(self, seq, work_ms=0):
+    _soak_ledger(self.request.id, seq, False)
+    time.sleep(work_ms / 1000)
+    return seq
+
+
+@task(bind=True, acks_late=True)
+def soak_acks_late(self, seq, work_ms=0):
+    _soak_ledger(self.request.id, seq, True)
+    time.sleep(work_ms / 1000)
+    return seq
