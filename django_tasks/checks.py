@@ -20,16 +20,63 @@ BOOLEAN_KEYS = (
 )
 PICKLE_TYPE = "application/x-python-serialize"
 
+#: The longest worker lease: a day (a dead worker's tasks wait this long to be recovered).
+MAX_LEASE_SECONDS = 86400
+#: The longest long-poll of the HTTP API: each waiting request holds a server thread.
+MAX_API_WAIT = 300
+#: Upper bounds of the integer settings: far above any sane value, well below overflows.
+INTEGER_BOUNDS = {
+    "WORKER_PREFETCH_MAX": (1, 10_000),
+    "BROKER_POOL_LIMIT": (1, 1_000),
+    "API_PAGE_SIZE": (1, 1_000),
+}
+
 
 def _error(key: str, msg: str, hint: str, id_: int) -> Error:
     return Error(f"{SETTINGS_NAME}[{key!r}]: {msg}", hint=hint, id=f"django_tasks.E{id_:03d}")
 
 
-def _positive_integer(key: str, id_: int) -> list[CheckMessage]:
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bounded_integer(key: str, id_: int) -> list[CheckMessage]:
+    low, high = INTEGER_BOUNDS[key]
     value = getattr(tasks_settings, key)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if _is_integer(value) and low <= value <= high:
         return []
-    return [_error(key, f"must be an integer >= 1, not {value!r}", "", id_)]
+    return [_error(key, f"must be an integer from {low} to {high}, not {value!r}", "", id_)]
+
+
+def _seconds(
+    key: str, id_: int, *, low: float, high: float, above_low: bool = False, none: bool = False
+) -> list[CheckMessage]:
+    """An error unless ``key`` is a finite number of seconds from ``low`` (excluded with
+    ``above_low``) to ``high`` (or None, with ``none``)."""
+    from .options import is_finite
+
+    value = getattr(tasks_settings, key)
+    if value is None and none:
+        return []
+    if is_finite(value) and (value > low if above_low else value >= low) and value <= high:
+        return []
+    bound = f"above {low:g}, at most" if above_low else f"from {low:g} to"
+    return [
+        _error(
+            key,
+            f"must be {'None or ' if none else ''}a finite number of seconds {bound} "
+            f"{_seconds_text(high)}, not {value!r}",
+            "",
+            id_,
+        )
+    ]
+
+
+def _seconds_text(seconds: float) -> str:
+    from .options import MAX_SECONDS
+
+    text = str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+    return f"{text} (100 years)" if seconds == MAX_SECONDS else text
 
 
 @register(Tags.compatibility)
@@ -81,8 +128,9 @@ def _check_values() -> list[CheckMessage]:
     errors.extend(_check_database(url))
     if not isinstance(s.BROKER_TRANSPORT_OPTIONS, dict):
         errors.append(_error("BROKER_TRANSPORT_OPTIONS", "must be a dict", "", 18))
-    if not isinstance(s.TASK_DEFAULT_QUEUE, str) or not s.TASK_DEFAULT_QUEUE:
-        errors.append(_error("TASK_DEFAULT_QUEUE", "must be a non-empty string", "", 3))
+    queue_problem = _queue_problem(s.TASK_DEFAULT_QUEUE)
+    if queue_problem is not None:
+        errors.append(_error("TASK_DEFAULT_QUEUE", queue_problem, QUEUE_HINT, 3))
     try:
         check_serializer(s.TASK_SERIALIZER, option="TASK_SERIALIZER")
     except (ValueError, TypeError) as exc:
@@ -143,56 +191,98 @@ def _check_values() -> list[CheckMessage]:
     except (ValueError, TypeError) as exc:
         errors.append(_error("TASK_PUBLISH_RETRY_POLICY", str(exc).split(": ", 1)[-1], "", 9))
     errors.extend(_check_routes(s.TASK_ROUTES))
-    expires = s.RESULT_EXPIRES
-    if expires is not None and (
-        not isinstance(expires, int | float) or isinstance(expires, bool) or expires < 0
-    ):
-        errors.append(
-            _error("RESULT_EXPIRES", f"must be seconds (>= 0) or None, not {expires!r}", "", 11)
-        )
-    for key in ("WORKER_LEASE_SECONDS", "WORKER_POLL_INTERVAL"):
-        value = getattr(s, key)
-        if value is None and key == "WORKER_POLL_INTERVAL":
-            continue
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            errors.append(
-                _error(key, f"must be a positive number of seconds, not {value!r}", "", 12)
-            )
-    errors.extend(_positive_integer("WORKER_PREFETCH_MAX", 13))
-    errors.extend(_positive_integer("BROKER_POOL_LIMIT", 20))
+    from .options import MAX_SECONDS
+
+    errors.extend(_seconds("RESULT_EXPIRES", 11, low=0, high=MAX_SECONDS, none=True))
+    errors.extend(_check_worker())
+    errors.extend(_bounded_integer("WORKER_PREFETCH_MAX", 13))
+    errors.extend(_bounded_integer("BROKER_POOL_LIMIT", 20))
     errors.extend(_check_api())
+    return errors
+
+
+def _check_worker() -> list[CheckMessage]:
+    from .options import is_finite
+
+    s = tasks_settings
+    errors = _seconds("WORKER_LEASE_SECONDS", 12, low=0, high=MAX_LEASE_SECONDS, above_low=True)
+    # A poll longer than the lease would let leases run out between two looks.
+    if errors:
+        high, bound = MAX_LEASE_SECONDS, f"{MAX_LEASE_SECONDS}"
+    else:
+        high = s.WORKER_LEASE_SECONDS
+        bound = f"WORKER_LEASE_SECONDS ({_seconds_text(high)})"
+    poll = s.WORKER_POLL_INTERVAL
+    if poll is not None and not (is_finite(poll) and 0 < poll <= high):
+        errors.append(
+            _error(
+                "WORKER_POLL_INTERVAL",
+                f"must be None or a finite number of seconds above 0, at most {bound}, "
+                f"not {poll!r}",
+                "",
+                12,
+            )
+        )
+    redeliveries = s.WORKER_LOST_MAX_REDELIVERIES
+    if not (_is_integer(redeliveries) and redeliveries >= 0):
+        errors.append(
+            _error(
+                "WORKER_LOST_MAX_REDELIVERIES",
+                f"must be an integer >= 0, not {redeliveries!r}",
+                "0 fails a task lost with its worker at once, even with acks_late.",
+                21,
+            )
+        )
     return errors
 
 
 def _check_api() -> list[CheckMessage]:
     from django.utils.module_loading import import_string
+    from rest_framework.permissions import BasePermission
 
     s = tasks_settings
     errors: list[CheckMessage] = []
+    hint = "For example ['django_tasks.api.permissions.IsOwnerOrStaff']."
     classes = s.raw("API_PERMISSION_CLASSES")  # the import strings, not the classes
     if not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes):
         errors.append(
             _error(
                 "API_PERMISSION_CLASSES",
                 "must be a list of import strings of DRF permission classes",
-                "For example ['django_tasks.api.permissions.IsOwnerOrStaff'].",
+                hint,
+                15,
+            )
+        )
+    elif not classes:
+        errors.append(
+            _error(
+                "API_PERMISSION_CLASSES",
+                "must not be empty: an empty list would let anyone read and revoke every task",
+                "To open the API on purpose, name rest_framework.permissions.AllowAny. " + hint,
                 15,
             )
         )
     else:
         for path in classes:
             try:
-                import_string(path)
+                imported = import_string(path)
             except ImportError as exc:
                 errors.append(
-                    _error("API_PERMISSION_CLASSES", f"cannot import {path!r}: {exc}", "", 15)
+                    _error("API_PERMISSION_CLASSES", f"cannot import {path!r}: {exc}", hint, 15)
                 )
-    errors.extend(_positive_integer("API_PAGE_SIZE", 16))
-    wait = s.API_MAX_WAIT
-    if not isinstance(wait, int | float) or isinstance(wait, bool) or wait < 0:
-        errors.append(
-            _error("API_MAX_WAIT", f"must be a number of seconds (>= 0), not {wait!r}", "", 17)
-        )
+                continue
+            if not (isinstance(imported, type) and issubclass(imported, BasePermission)):
+                errors.append(
+                    _error(
+                        "API_PERMISSION_CLASSES",
+                        f"{path!r} is not a DRF permission class (a subclass of "
+                        f"rest_framework.permissions.BasePermission)",
+                        hint,
+                        15,
+                    )
+                )
+    errors.extend(_bounded_integer("API_PAGE_SIZE", 16))
+    errors.extend(_seconds("API_MAX_WAIT", 17, low=0, high=MAX_API_WAIT))
     return errors
 
 
@@ -224,12 +314,39 @@ def _known_type(types: set[str]) -> bool:
     return all(t in registry._decoders for t in types)
 
 
+QUEUE_HINT = (
+    "A queue name is a non-empty string of at most 255 characters, without commas, "
+    "whitespace or NUL characters."
+)
+
+
+def _queue_problem(queue: Any) -> str | None:
+    """Why ``queue`` is not a usable queue name (the rule of ``options.queue_name_problem``)."""
+    from .options import queue_name_problem
+
+    if not isinstance(queue, str):
+        return f"must be a queue name (a string), not {type(queue).__name__}"
+    problem = queue_name_problem(queue)
+    return None if problem is None else f"{queue!r} {problem}"
+
+
 def _check_routes(routes: Any) -> list[CheckMessage]:
+    from .options import check_priority
+
     if not isinstance(routes, dict):
         return [_error("TASK_ROUTES", "must be a dict of task name -> {'queue': ...}", "", 10)]
     errors: list[CheckMessage] = []
     for name, route in routes.items():
-        if not isinstance(route, dict) or set(route) - {"queue", "priority"}:
+        if not isinstance(name, str) or not name:
+            errors.append(
+                _error(
+                    "TASK_ROUTES",
+                    f"keys must be task names or patterns (non-empty strings), not {name!r}",
+                    "",
+                    10,
+                )
+            )
+        elif not isinstance(route, dict) or set(route) - {"queue", "priority"}:
             errors.append(
                 _error(
                     "TASK_ROUTES",
@@ -239,8 +356,14 @@ def _check_routes(routes: Any) -> list[CheckMessage]:
                     10,
                 )
             )
-        elif "queue" in route and (not isinstance(route["queue"], str) or not route["queue"]):
-            errors.append(
-                _error("TASK_ROUTES", f"queue for {name!r} must be a non-empty string", "", 10)
-            )
+        else:
+            problem = None if route.get("queue") is None else _queue_problem(route["queue"])
+            if problem is not None:
+                errors.append(
+                    _error("TASK_ROUTES", f"queue for {name!r}: {problem}", QUEUE_HINT, 10)
+                )
+            try:
+                check_priority(f"route for {name!r}", route.get("priority"))
+            except ValueError as exc:
+                errors.append(_error("TASK_ROUTES", str(exc), "", 10))
     return errors

@@ -24,7 +24,11 @@ class Signature(dict):
         options: dict[str, Any] | None = None,
         immutable: bool = False,
     ) -> None:
-        name = task if isinstance(task, str) else task.name
+        name = task if isinstance(task, str) else getattr(task, "name", None)
+        if not isinstance(name, str):
+            raise TypeError(f"a signature needs a task or a task name, not {type(task).__name__}")
+        if not name:
+            raise ValueError("a signature's task name must not be empty")
         if args is not None and not isinstance(args, list | tuple):
             raise TypeError(
                 f"signature of {name!r}: args must be a list or tuple, not {type(args).__name__}"
@@ -32,6 +36,10 @@ class Signature(dict):
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(
                 f"signature of {name!r}: kwargs must be a dict, not {type(kwargs).__name__}"
+            )
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(
+                f"signature of {name!r}: options must be a dict, not {type(options).__name__}"
             )
         super().__init__(
             task=name,

@@ -6,7 +6,6 @@ import datetime as dt
 import functools
 import inspect
 import sys
-import uuid
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -20,16 +19,28 @@ from .context import Request, request_stack
 from .exceptions import ImproperlyConfiguredTask, MaxRetriesExceededError, Retry
 from .execution import run_task
 from .links import run_followups
-from .messages import check_compression, check_serializer, exception_to_dict, json_round_trip
+from .messages import (
+    check_compression,
+    check_json,
+    check_serializer,
+    exception_to_dict,
+    json_round_trip,
+)
 from .options import (
     CALL_OPTIONS,
+    RETRY_KWARGS,
+    RETRY_OPTIONS,
     TASK_OPTION_DEFAULTS,
     build_outgoing,
     check_exception_classes,
+    check_max_retries,
     check_optional_number,
     check_priority,
+    check_queue,
+    check_retry_options,
     check_retry_policy,
     check_time_limits,
+    is_finite,
     to_datetime,
 )
 from .registry import tasks_registry
@@ -60,8 +71,6 @@ class Task(Generic[P, R]):
         where = f"@task {self.name!r}"
         self.bind: bool = bool(merged["bind"])
         self.queue: str | None = merged["queue"]
-        if self.queue is not None and (not isinstance(self.queue, str) or not self.queue):
-            raise ImproperlyConfiguredTask(f"{where}: queue must be a non-empty string")
         self.priority: int | None = merged["priority"]
         self.max_retries: int | None = merged["max_retries"]
         self.default_retry_delay: float = merged["default_retry_delay"]
@@ -71,7 +80,9 @@ class Task(Generic[P, R]):
         self.dont_autoretry_for = check_exception_classes(
             where, "dont_autoretry_for", merged["dont_autoretry_for"]
         )
-        self.retry_kwargs: dict[str, Any] = dict(merged["retry_kwargs"])
+        self.retry_kwargs: dict[str, Any] = (
+            dict(merged["retry_kwargs"]) if isinstance(merged["retry_kwargs"], dict) else {}
+        )
         self.retry_backoff: bool | float = merged["retry_backoff"]
         self.retry_backoff_max: float = merged["retry_backoff_max"]
         self.retry_jitter: bool = bool(merged["retry_jitter"])
@@ -85,16 +96,25 @@ class Task(Generic[P, R]):
         self.compression: str | None = merged["compression"]
         self.typing: bool = bool(merged["typing"])
         try:
+            if self.queue is not None:
+                check_queue(where, "queue", self.queue)
             check_priority(where, self.priority)
             check_time_limits(where, self.time_limit, self.soft_time_limit)
             check_optional_number(where, "default_retry_delay", self.default_retry_delay)
+            if self.default_retry_delay is None:
+                raise ValueError(f"{where}: default_retry_delay must be a number, not None")
             check_optional_number(where, "retry_backoff_max", self.retry_backoff_max)
-            if self.max_retries is not None and (
-                not isinstance(self.max_retries, int) or self.max_retries < 0
+            if not isinstance(self.retry_backoff, bool) and not (
+                is_finite(self.retry_backoff) and self.retry_backoff > 0
             ):
-                raise ValueError(f"{where}: max_retries must be None or an integer >= 0")
+                raise ValueError(
+                    f"{where}: retry_backoff must be True, False or a positive finite number "
+                    f"(the factor), not {self.retry_backoff!r}"
+                )
+            check_max_retries(where, "max_retries", self.max_retries)
             if self.expires is not None and not isinstance(self.expires, dt.datetime):
                 check_optional_number(where, "expires", self.expires)
+            self._check_retry_kwargs(where, merged["retry_kwargs"])
             if self.serializer is not None:
                 check_serializer(self.serializer)
             if self.compression is not None:
@@ -108,6 +128,28 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
+
+    @staticmethod
+    def _check_retry_kwargs(where: str, retry_kwargs: Any) -> None:
+        """``retry_kwargs`` are ``retry()``'s keyword arguments: checked as ``retry()`` would."""
+        if not isinstance(retry_kwargs, dict):
+            raise TypeError(
+                f"{where}: retry_kwargs must be a dict, not {type(retry_kwargs).__name__}"
+            )
+        unknown = sorted(set(retry_kwargs) - RETRY_KWARGS)
+        if unknown:
+            raise ValueError(
+                f"{where}: retry_kwargs: unknown option(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(RETRY_KWARGS))}"
+            )
+        options = {k: v for k, v in retry_kwargs.items() if k in RETRY_OPTIONS}
+        check_retry_options(
+            f"{where}: retry_kwargs",
+            options,
+            countdown=retry_kwargs.get("countdown"),
+            eta=retry_kwargs.get("eta"),
+            max_retries=retry_kwargs.get("max_retries"),
+        )
 
     # -- the request context ----------------------------------------------------------------
 
@@ -145,14 +187,11 @@ class Task(Generic[P, R]):
         except TypeError as exc:
             raise TypeError(f"{self.name}() {exc}") from None
 
-    def apply_async(
-        self,
-        args: tuple[Any, ...] | list[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        **options: Any,
-    ) -> _result.AsyncResult:
-        """Send the task; options as in Celery's ``apply_async``. Returns an ``AsyncResult``."""
-        where = f"{self.name}.apply_async()"
+    def _check_call(
+        self, where: str, args: Any, kwargs: Any, options: dict[str, Any]
+    ) -> tuple[tuple[Any, ...] | list[Any], dict[str, Any]]:
+        """The call's ``args`` and ``kwargs``, once the option names, their types and (unless
+        ``typing=False``) the function's signature accept them; ``TypeError`` otherwise."""
         unknown = sorted(set(options) - CALL_OPTIONS)
         if unknown:
             raise TypeError(
@@ -169,11 +208,24 @@ class Task(Generic[P, R]):
             raise TypeError(f"{where}: kwargs must be a dict, not {type(kwargs).__name__}")
         if self.typing:
             self.check_arguments(args, kwargs)
+        return args, kwargs
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> _result.AsyncResult:
+        """Send the task; options as in Celery's ``apply_async``. Returns an ``AsyncResult``."""
+        where = f"{self.name}.apply_async()"
+        args, kwargs = self._check_call(where, args, kwargs, options)
         if tasks_settings.TASK_ALWAYS_EAGER:
             if not options.pop("on_commit", False):
                 return self.apply(args, kwargs, **options)
-            # Run when the transaction commits; until then the result reads PENDING.
-            options["task_id"] = options.get("task_id") or str(uuid.uuid4())
+            # Run when the transaction commits; until then the result reads PENDING. The
+            # call is checked now, as a sent one would be.
+            options["task_id"] = build_outgoing(self, where, list(args), kwargs, options).task_id
+            check_retry_policy(where, options.get("retry_policy") or {})
             pending = EagerResult(options["task_id"], states.PENDING, None, task_name=self.name)
             transaction.on_commit(lambda: pending.take(self.apply(args, kwargs, **options)))
             return pending
@@ -199,10 +251,10 @@ class Task(Generic[P, R]):
     ) -> EagerResult:
         """Run the task in this process as a worker would, returning an ``EagerResult``."""
         where = f"{self.name}.apply()"
-        call_args, call_kwargs = list(args or ()), dict(kwargs or {})
-        if self.typing:
-            self.check_arguments(call_args, call_kwargs)
+        args, kwargs = self._check_call(where, args, kwargs, options)
+        call_args, call_kwargs = list(args), dict(kwargs)
         outgoing = build_outgoing(self, where, call_args, call_kwargs, options)
+        check_retry_policy(where, options.get("retry_policy") or {})  # as sending would
         # The JSON round trip a worker's arguments go through.
         call_args, call_kwargs = json_round_trip([call_args, call_kwargs])
         retries = 0
@@ -276,6 +328,16 @@ class Task(Generic[P, R]):
             if current is not None:
                 raise current
             raise Retry("Task can be retried", None)
+        where = f"{self.name}.retry()"
+        unknown = sorted(set(options) - RETRY_OPTIONS)
+        if unknown:
+            raise TypeError(f"{where} got unknown option(s) {', '.join(map(repr, unknown))}")
+        if options.get("priority", 0) is None:
+            del options["priority"]  # None: keep the current priority
+        if "queue" in options and options["queue"] is None:
+            raise ValueError(f"{where}: queue must not be None (leave it out to keep the queue)")
+        # Checked before the limit, so that a bad call is an error even on the last retry.
+        check_retry_options(where, options, countdown=countdown, eta=eta, max_retries=max_retries)
         limit = self.max_retries if max_retries is None else max_retries
         if limit is not None and request.retries >= limit:
             if exc is not None:
@@ -283,27 +345,14 @@ class Task(Generic[P, R]):
             raise MaxRetriesExceededError(
                 f"Can't retry {self.name}[{request.id}] args:{request.args} kwargs:{request.kwargs}"
             )
-        where = f"{self.name}.retry()"
-        unknown = sorted(set(options) - {"queue", "priority", "expires", "headers"})
-        if unknown:
-            raise TypeError(f"{where} got unknown option(s) {', '.join(map(repr, unknown))}")
-        if options.get("priority", 0) is None:
-            del options["priority"]  # None: keep the current priority
-        check_priority(where, options.get("priority"))
-        if "queue" in options and (not isinstance(options["queue"], str) or not options["queue"]):
-            raise ValueError(f"{where}: queue must be a non-empty string")
-        if "headers" in options and not isinstance(options["headers"], dict):
-            raise TypeError(f"{where}: headers must be a dict")
-        if options.get("expires") is not None:
-            options["expires"] = to_datetime(where, "expires", options["expires"], timezone.now())
-        if countdown is not None and eta is not None:
-            raise ValueError(f"{self.name}.retry(): give countdown or eta, not both")
         now = timezone.now()
+        if options.get("expires") is not None:
+            options["expires"] = to_datetime(where, "expires", options["expires"], now)
         if eta is not None:
-            when = to_datetime(f"{self.name}.retry()", "eta", eta, now)
+            when = to_datetime(where, "eta", eta, now)
         else:
             delay = self.default_retry_delay if countdown is None else countdown
-            when = to_datetime(f"{self.name}.retry()", "countdown", delay, now)
+            when = to_datetime(where, "countdown", delay, now)
         retry = Retry(
             exc=exc,
             when=when,
@@ -330,6 +379,7 @@ class Task(Generic[P, R]):
         task_id = task_id or request.id
         if not task_id:
             raise RuntimeError(f"{self.name}.update_state(): no task id (not running as a task)")
+        check_json(meta, f"{self.name}.update_state() meta")
         if request.is_eager:
             return
         store_custom_state(

@@ -127,3 +127,38 @@ def test_signatures_are_json_serializable_and_round_trip():
     assert add.signature((1,), {"y": 1}, countdown=5).options == {"countdown": 5}
     assert add.si(1, 2).clone((99,)).args == [1, 2]
     assert signature("tests.taskapp.tasks.add", (1, 2)).args == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "culprit"),
+    [
+        (lambda: Signature(""), ValueError, "task name must not be empty"),
+        (lambda: Signature(5), TypeError, "a task or a task name, not int"),
+        (lambda: Signature("a.b", options=[("countdown", 1)]), TypeError, "options must be a dict"),
+        (lambda: Signature.from_dict({"task": "a.b", "options": "x"}), TypeError, "options"),
+        (lambda: Signature.from_dict({"task": "a.b", "args": "12"}), TypeError, "args"),
+        (lambda: signature("a.b", "12"), TypeError, "args must be a list or tuple"),
+    ],
+)
+def test_bad_signatures_are_errors_naming_the_part(make, error, culprit):
+    with pytest.raises(error, match=culprit):
+        make()
+
+
+@pytest.mark.usefixtures("scratch_registry")
+@pytest.mark.parametrize(
+    ("options", "culprit"),
+    [
+        ({"queue": "a,b"}, "queue 'a,b' must not hold a comma"),
+        ({"queue": " "}, "queue ' ' must not hold whitespace"),
+        ({"default_retry_delay": float("nan")}, "default_retry_delay must be a finite number"),
+        ({"default_retry_delay": None}, "default_retry_delay must be a number"),
+        ({"expires": 1e12}, "expires must be a finite number"),
+        ({"max_retries": True}, "max_retries"),
+        ({"retry_backoff": float("inf")}, "retry_backoff"),
+        ({"retry_kwargs": {"countdown": float("inf")}}, "retry_kwargs: countdown"),
+    ],
+)
+def test_bad_option_values_name_the_option_and_the_problem(options, culprit):
+    with pytest.raises(ImproperlyConfiguredTask, match=culprit):
+        task(**options)(lambda: None)

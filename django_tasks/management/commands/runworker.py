@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_tasks.conf import tasks_settings
+from django_tasks.options import queue_name_problem
 from django_tasks.worker import Worker
 from django_tasks.worker.pool import POOLS
 
@@ -60,6 +61,10 @@ class Command(BaseCommand):
         ]
         if not queues:
             raise CommandError("--queues: name at least one queue")
+        for queue in queues:
+            problem = queue_name_problem(queue)
+            if problem is not None:
+                raise CommandError(f"--queues: queue {queue!r} {problem}")
         concurrency = options["concurrency"]
         if concurrency is None:
             import os
