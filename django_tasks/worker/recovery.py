@@ -48,8 +48,7 @@ def settle_lost_loop(token: str, slot: TaskSlot | None) -> None:
         returned = store.give_back_unstarted(token, except_pk=slot.read().pk)
         if returned:
             logger.warning(
-                "Queued again %d task(s) that a lost worker process had claimed but not "
-                "started",
+                "Queued again %d task(s) that a lost worker process had claimed but not started",
                 returned,
             )
     recover_lost([token])
