@@ -29,6 +29,8 @@ INTEGER_BOUNDS = {
     "WORKER_PREFETCH_MAX": (1, 10_000),
     "BROKER_POOL_LIMIT": (1, 1_000),
     "API_PAGE_SIZE": (1, 1_000),
+    # 0 turns long-polling off (every ?wait= answers at once with 304 or 429).
+    "API_MAX_LONG_POLLS": (0, 10_000),
 }
 
 
@@ -282,6 +284,7 @@ def _check_api() -> list[CheckMessage]:
                     )
                 )
     errors.extend(_bounded_integer("API_PAGE_SIZE", 16))
+    errors.extend(_bounded_integer("API_MAX_LONG_POLLS", 22))
     errors.extend(_seconds("API_MAX_WAIT", 17, low=0, high=MAX_API_WAIT))
     return errors
 

@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "API_EXPOSE_TRACEBACKS": False,  # show tracebacks to the owner, not only to staff
     "API_PAGE_SIZE": 50,
     "API_MAX_WAIT": 30,  # the cap on ?wait=N (seconds)
+    "API_MAX_LONG_POLLS": 100,  # long-polls that may wait at once, per server process
 }
 
 #: Settings given as a dotted import string, or a list of them, and read as what they name.

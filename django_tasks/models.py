@@ -59,14 +59,6 @@ class TaskResultQuerySet(models.QuerySet["TaskResult"]):
     def leased_until_before(self, when: Any) -> TaskResultQuerySet:
         return self.filter(lease_token__isnull=False, lease_expires__lt=when)
 
-    def visible_to(self, user: Any) -> TaskResultQuerySet:
-        """What ``user`` may read: everything for staff, their own results for others."""
-        if getattr(user, "is_staff", False):
-            return self
-        if not getattr(user, "is_authenticated", False):
-            return self.none()
-        return self.filter(owner_id=user.pk)
-
     def queue_overview(self, now: dt.datetime) -> list[dict[str, Any]]:
         """Per queue: ``due``, ``scheduled``, ``running``, ``failed``/``succeeded`` in the
         last hour, and ``oldest_due`` (the earliest ``run_after`` of a due task), in one query.

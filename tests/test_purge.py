@@ -79,3 +79,10 @@ def test_purging_in_batches_keeps_reruns_and_unlinks_them():
     assert purge_finished(dt.timedelta(days=1), batch_size=2) == 5
     assert remaining() == {rerun.id}
     assert TaskResult.objects.get(task_id=rerun.id).rerun_of_id is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("days", ["1e6", "nan", "inf", "-1"])
+def test_an_age_out_of_range_is_a_command_error_not_a_crash(days):
+    with pytest.raises(CommandError, match="number of days >= 0 and <= 36500"):
+        call_command("purge_results", "--older-than", days, stdout=StringIO())

@@ -11,6 +11,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 from .. import states
+from ..api.values import limit
 from ..models import TaskJSONEncoder
 
 #: What an empty value shows, as in the admin's own columns.
@@ -41,7 +42,10 @@ def state_path(history: Iterable[tuple[str, Any]]) -> SafeString:
 
 
 def pretty_json(value: Any) -> SafeString:
-    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, cls=TaskJSONEncoder)
+    """Indented JSON, containers nested deeper than ``values.MAX_DEPTH`` shown as ``"…"``."""
+    text = json.dumps(
+        limit(value), indent=2, sort_keys=True, ensure_ascii=False, cls=TaskJSONEncoder
+    )
     return format_html('<pre class="dt-json">{}</pre>', text)
 
 

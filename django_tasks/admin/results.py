@@ -8,14 +8,17 @@ from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import BadRequest, ValidationError
 from django.core.paginator import Paginator
-from django.db.models import Count, Max, Min, QuerySet, Window
+from django.db.models import Count, Max, Min, Prefetch, QuerySet, Window
 from django.http import HttpRequest
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
 from .. import store
+from ..api import values
+from ..api.values import usable_text
 from ..models import TaskResult, TaskResultQuerySet, TaskStateChange
 from . import display, views
 from .rerun import rerun
@@ -45,6 +48,10 @@ class TaskStateChangeInline(admin.TabularInline):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # The inline never shows ``meta``, which may be nested too deep to decode.
+        return super().get_queryset(request).defer("meta")
 
     @admin.display(description="state")
     def state_badge(self, change: TaskStateChange) -> str:
@@ -231,6 +238,21 @@ class TaskResultAdmin(admin.ModelAdmin):
         queryset = super().get_queryset(request)
         return RangeDatesQuerySet(model=queryset.model, query=queryset.query, using=queryset.db)
 
+    def get_object(self, request: HttpRequest, object_id: str, from_field: Any = None) -> Any:
+        """The task, its JSON columns read as text and shown depth-limited
+        (:mod:`django_tasks.api.values`): no stored value is too deep for the detail page."""
+        history = TaskStateChange.objects.only("task_id", "state", "at")  # not its meta
+        queryset = values.with_json_text(self.get_queryset(request)).prefetch_related(
+            Prefetch("history", queryset=history)
+        )
+        field = (
+            TaskResult._meta.pk if from_field is None else TaskResult._meta.get_field(from_field)
+        )
+        try:
+            return queryset.get(**{field.name: field.to_python(object_id)})  # type: ignore[union-attr]
+        except (TaskResult.DoesNotExist, ValidationError, ValueError):
+            return None
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet, search_term: str
     ) -> tuple[QuerySet, bool]:
@@ -270,6 +292,10 @@ class TaskResultAdmin(admin.ModelAdmin):
         ]
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        # Filters and search go into queries as text: PostgreSQL rejects a NUL character.
+        for key, items in request.GET.lists():
+            if not all(usable_text(text) for text in (key, *items)):
+                raise BadRequest("A filter or the search holds a NUL character or broken text.")
         extra_context = {
             **(extra_context or {}),
             "can_purge": self.has_purge_permission(request),
@@ -316,7 +342,7 @@ class TaskResultAdmin(admin.ModelAdmin):
 
     @admin.display(description="progress")
     def progress_display(self, obj: TaskResult) -> str:
-        reported = display.progress(obj.meta)
+        reported = display.progress(values.stored(obj, "meta"))
         if reported is None:
             return display.EMPTY
         if obj.state == "SUCCESS":
@@ -342,21 +368,21 @@ class TaskResultAdmin(admin.ModelAdmin):
     def args_display(self, obj: TaskResult) -> str:
         if obj.body is not None:
             return f"encoded ({obj.content_type}, {len(obj.body)} bytes)"
-        return display.pretty_json(obj.args)
+        return display.pretty_json(values.stored(obj, "args"))
 
     @admin.display(description="kwargs")
     def kwargs_display(self, obj: TaskResult) -> str:
         if obj.body is not None:
             return "in the encoded body"
-        return display.pretty_json(obj.kwargs)
+        return display.pretty_json(values.stored(obj, "kwargs"))
 
     @admin.display(description="result")
     def result_display(self, obj: TaskResult) -> str:
-        return display.pretty_json(obj.result)
+        return display.pretty_json(values.stored(obj, "result"))
 
     @admin.display(description="meta")
     def meta_display(self, obj: TaskResult) -> str:
-        return display.pretty_json(obj.meta)
+        return display.pretty_json(values.stored(obj, "meta"))
 
     @admin.display(description="traceback")
     def traceback_display(self, obj: TaskResult) -> str:

@@ -81,9 +81,15 @@ def _status(oldest_due_age: float | None) -> tuple[str, str]:
     return "falling behind", "failure"
 
 
+#: The most days the purge page takes: a century (the cutoff must be a date).
+MAX_PURGE_DAYS = 36500
+
+
 class PurgeForm(forms.Form):
+    # FloatField refuses nan and inf; the bounds keep now - days a date (no OverflowError).
     days = forms.FloatField(
         min_value=0,
+        max_value=MAX_PURGE_DAYS,
         label="Older than (days)",
         help_text="Finished results done more than this many days ago are deleted.",
     )

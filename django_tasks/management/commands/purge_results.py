@@ -11,6 +11,9 @@ from django.utils import timezone
 from django_tasks.conf import tasks_settings
 from django_tasks.store import finished_before, purge_finished
 
+#: The longest age --older-than takes: 100 years (the admin's purge page takes the same).
+MAX_DAYS = 36_500
+
 
 class Command(BaseCommand):
     help = (
@@ -38,8 +41,10 @@ class Command(BaseCommand):
                     "RESULT_EXPIRES is None (keep results forever): give --older-than DAYS"
                 )
             age = dt.timedelta(seconds=expires)
-        elif older_than < 0:
-            raise CommandError("--older-than must be >= 0 days")
+        elif not 0 <= older_than <= MAX_DAYS:  # NaN fails both comparisons
+            raise CommandError(
+                f"--older-than must be a number of days >= 0 and <= {MAX_DAYS}, not {older_than}"
+            )
         else:
             age = dt.timedelta(days=older_than)
         if dry_run:
