@@ -25,7 +25,7 @@ from .. import states
 from ..exceptions import WorkerLostError
 from ..models import CLAIMABLE_STATES, TaskResult, TaskStateChange
 from .changes import StateChange, failure_change, record_states, revoked_change
-from .sql import finish_value, row_converter
+from .sql import convert_leniently, finish_value
 
 logger = logging.getLogger("django_tasks.transport")
 
@@ -150,8 +150,19 @@ def _claim_returning(c: Claim, now: dt.datetime) -> list[ClaimedTask]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    convert = row_converter(CLAIM_COLUMNS)
-    return [ClaimedTask(*convert(row)) for row in rows]
+    return [_claimed_from_row(row) for row in rows]
+
+
+def _claimed_from_row(row: Any) -> ClaimedTask:
+    """A claimed row as a :class:`ClaimedTask`; a row that cannot be read whole is still
+    claimed, with its :attr:`~ClaimedTask.problem` saying why, so that it fails alone."""
+    values, problems = convert_leniently(CLAIM_COLUMNS, row)
+    claimed = ClaimedTask(*values)
+    if problems:
+        claimed.problem = "malformed row: " + "; ".join(
+            f"{column} cannot be read ({why})" for column, why in problems.items()
+        )
+    return claimed
 
 
 def _claim_select_then_update(c: Claim, now: dt.datetime) -> list[TaskResult]:

@@ -42,7 +42,9 @@ INSERT_FIELDS = (
 #: Python-side touches beyond Django's converters, by column.
 _EXTRA: dict[str, Callable[[Any], Any]] = {
     "body": lambda value: bytes(value) if value is not None else None,
-    "options": lambda value: value or {},
+    # NULL means no options; any other value is kept, for the claim to judge (an options
+    # column holding [] or false is a malformed row, not an empty one).
+    "options": lambda value: {} if value is None else value,
     "revoked": bool,
 }
 
@@ -108,6 +110,27 @@ def _row_converter(vendor: str, columns: tuple[str, ...]) -> Callable[[Sequence[
         return values
 
     return convert
+
+
+def convert_leniently(
+    columns: Sequence[str], row: Sequence[Any]
+) -> tuple[list[Any], dict[str, str]]:
+    """:func:`row_converter`'s values, column by column: a column that cannot be read (JSON
+    nested deeper than Python's stack, say) becomes None, and is named with the reason."""
+    convert = row_converter(columns)
+    try:
+        return convert(row), {}
+    except Exception:  # find which columns, one at a time
+        pass
+    values: list[Any] = []
+    problems: dict[str, str] = {}
+    for column, value in zip(columns, row, strict=True):
+        try:
+            values.append(row_converter((column,))([value])[0])
+        except Exception as exc:  # RecursionError, a bad date, ...
+            values.append(None)
+            problems[column] = f"{type(exc).__name__}: {exc}"[:200]
+    return values, problems
 
 
 def fetch_by_task_id(task_id: str, columns: Sequence[str]) -> dict[str, Any] | None:

@@ -363,6 +363,16 @@ class BrokerTransport(Transport):
             logger.warning("Broker connection lost (%s); reconnecting", exc)
             self._close_receiver()
             time.sleep(min(max(timeout, 0.1), 1.0))
+        except Exception as exc:
+            # kombu could not even turn what the broker handed over into a message (e.g. an
+            # item another program pushed onto a Redis list, or headers nested too deep to
+            # decode): there is no message to record or acknowledge. It is gone from the
+            # broker already; say so, and go on with a fresh connection.
+            logger.error(
+                "Dropped something the broker delivered that is not a readable message (%s)",
+                safe_str(exc)[:500],
+            )
+            self._close_receiver()
 
     def _connection_errors(self) -> tuple[type[BaseException], ...]:
         # OperationalError is in this tuple, not starred into an ``except`` one: mypy cannot

@@ -119,8 +119,11 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
             compression,
             ctx.accept,
         )
+        limits = Limits.of(claimed.options, task)
     except (DecodeError, Exception) as exc:
-        return Outcome(failure_change(claimed.pk, exc, detail=f"malformed message: {exc}"))
+        return Outcome(
+            failure_change(claimed.pk, exc, detail=f"malformed message: {safe_str(exc)}")
+        )
 
     request = Request(
         id=claimed.task_id,
@@ -145,7 +148,7 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
             worker=ctx.hostname,
             lease_token=ctx.lease_token,
         )
-    guard = _guard(ctx.enforcer, claimed.pk, Limits.of(claimed.options, task))
+    guard = _guard(ctx.enforcer, claimed.pk, limits)
     run = run_task(task, request, args, kwargs, guard=guard)
     return _outcome(claimed, request, run, args, kwargs)
 

@@ -37,16 +37,28 @@ class Limits:
 
     @classmethod
     def of(cls, options: dict[str, Any], task: Any) -> Limits:
-        """The call's limits, else the task's declared ones (as Celery resolves them)."""
+        """The call's limits, else the task's declared ones (as Celery resolves them);
+        ``ValueError`` naming a limit that is not a finite number of seconds above 0 (a row
+        written by something else than ``apply_async``)."""
         soft = options.get("soft_time_limit")
         hard = options.get("time_limit")
-        return cls(
+        limits = cls(
             soft if soft is not None else task.soft_time_limit,
             hard if hard is not None else task.time_limit,
         )
+        for name, value in (("soft_time_limit", limits.soft), ("time_limit", limits.hard)):
+            if value is not None and not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and 0 < value < MAX_LIMIT  # NaN fails this too
+            ):
+                raise ValueError(f"malformed row: {name} is {value!r}, not seconds above 0")
+        return limits
 
 
 NO_LIMITS = Limits()
+#: The longest time limit a worker arms (about 100 years; setitimer takes no more).
+MAX_LIMIT = 3_153_600_000
 
 
 class Enforcer(abc.ABC):
@@ -97,8 +109,9 @@ class SignalEnforcer(Enforcer):
 
         previous = signal.signal(signal.SIGALRM, on_alarm)
         armed_at = time.monotonic()
-        outer, _ = signal.setitimer(signal.ITIMER_REAL, first)
+        outer = 0.0
         try:
+            outer, _ = signal.setitimer(signal.ITIMER_REAL, first)
             yield
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
