@@ -8,6 +8,7 @@ rest of the suite runs on brokers unchanged.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 
@@ -421,6 +423,21 @@ def test_a_send_whose_publish_raised_after_a_worker_took_it_counts_as_sent(monke
     result = tasks.record.delay("sent after all")
     assert result.get(timeout=1) == "sent after all"
     assert Run.objects.filter(label="sent after all").count() == 1
+
+
+def test_a_message_lost_in_flight_is_sent_again_once_its_queue_is_empty():
+    """A consumer killed between popping a message and holding it (Redis) loses it; the
+    relay sends again tasks long overdue whose broker queue is empty."""
+    result = tasks.record.delay("lost in flight")
+    purge_broker_queues()  # the message is gone; the row still says it was sent
+    TaskResult.objects.filter(task_id=result.id).update(
+        run_after=timezone.now() - dt.timedelta(minutes=5)
+    )
+    transport = get_transport()
+    transport._next_overdue_check = 0.0
+    transport.relay()
+    assert run_until_empty() == 1
+    assert result.get(timeout=1) == "lost in flight"
 
 
 def test_a_broker_that_forgot_its_queues_gets_the_waiting_tasks_again(start_worker):

@@ -1,13 +1,19 @@
 """A batch never shares fate: one bad task, row or process takes only itself down."""
 
 import signal
+import threading
+import time
 
 import pytest
+from django.db import connection, transaction
 
-from django_tasks import states
+from django_tasks import states, store
 from django_tasks.exceptions import EncodeError, TaskError, WorkerLostError
 from django_tasks.models import TaskResult, TaskStateChange
 from django_tasks.testing import run_until_empty
+from django_tasks.transports import get_transport
+from django_tasks.worker.recovery import settle_lost_loop
+from django_tasks.worker.slots import TaskSlot
 from tests.conftest import wait_until
 from tests.taskapp import tasks
 from tests.taskapp.models import Run
@@ -175,3 +181,52 @@ def test_a_killed_worker_lets_its_children_finish_and_give_back_the_rest(start_w
     second = start_worker("--burst", "--concurrency", "1")
     assert second.wait(60) == 0
     assert [r.get(timeout=1) for r in waiting] == [f"waiting-{i}" for i in range(3)]
+
+
+@pytest.mark.django_db
+@pytest.mark.database_transport
+def test_a_task_that_ended_but_was_not_journaled_is_not_handed_on_as_unstarted():
+    """A child killed after a task ended, before its outcome reached the journal: that task
+    ran, so it gets the lost-worker rule; only the task never begun is queued again."""
+    ran = tasks.record.delay("ran")
+    waiting = tasks.record.delay("waiting")
+    first, _ = get_transport().claim(store.Claim(["default"], 10, "dead-child", 30, "x:1"))
+    slot = TaskSlot()
+    slot.begin(first.pk, None)
+    slot.end()  # it ran; the child died before journaling its outcome
+    settle_lost_loop("dead-child", slot)
+    assert isinstance(ran.result, WorkerLostError)
+    row = TaskResult.objects.get(task_id=waiting.id)
+    assert (row.state, row.lease_token) == (states.PENDING, None)
+    assert run_until_empty() == 1
+    assert waiting.get(timeout=1) == "waiting"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_renewing_leases_never_waits_for_a_row_being_written():
+    """The heartbeat skips rows another transaction holds (an outcome being written), so it
+    can never deadlock with that write."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks that can deadlock: PostgreSQL")
+    tasks.record.delay("busy")
+    (claimed,) = get_transport().claim(store.Claim(["default"], 10, "token", 30, "x:1"))
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row():
+        with transaction.atomic():
+            TaskResult.objects.select_for_update().get(pk=claimed.pk)
+            locked.set()
+            release.wait(10)
+        connection.close()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        started = time.monotonic()
+        assert store.renew(["token"], 60) == 0  # skipped, not waited for
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+        holder.join(10)
+    assert store.renew(["token"], 60) == 1

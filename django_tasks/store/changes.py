@@ -79,13 +79,14 @@ def record_states(
     if not changes:
         return 0
     try:
-        # Inside a caller's transaction a savepoint keeps a refused batch from breaking it;
-        # in autocommit a refused statement changes nothing.
-        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
             try:
-                applied = _record(changes, worker, lease_token, guard, batched=guard is None)
-            except _LeaseLost:
-                applied = _record(changes, worker, lease_token, guard, batched=False)
+                applied = _record_batch(changes, worker, lease_token, guard)
+                break
+            except CONNECTION_ERRORS as exc:
+                if not _is_deadlock(exc) or attempt == DEADLOCK_ATTEMPTS:
+                    raise
+                logger.warning("Writing %d state change(s) met a deadlock; retrying", len(changes))
     except CONNECTION_ERRORS:
         raise
     except Exception as exc:
@@ -103,6 +104,33 @@ def record_states(
             lost,
         )
     return applied
+
+
+#: A batch that loses a deadlock (another writer locked the same rows in another order) is
+#: written again, up to this many times in all.
+DEADLOCK_ATTEMPTS = 3
+
+
+def _record_batch(
+    changes: list[StateChange], worker: str, lease_token: str | None, guard: Q | None
+) -> int:
+    # Inside a caller's transaction a savepoint keeps a refused batch from breaking it; in
+    # autocommit a refused statement changes nothing.
+    with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        try:
+            return _record(changes, worker, lease_token, guard, batched=guard is None)
+        except _LeaseLost:
+            return _record(changes, worker, lease_token, guard, batched=False)
+
+
+def _is_deadlock(exc: BaseException) -> bool:
+    """A deadlock or serialization failure (SQLSTATE 40P01 / 40001, MySQL 1213): the
+    statement was rolled back and may simply be run again."""
+    cause = exc.__cause__
+    if getattr(cause, "sqlstate", None) in ("40P01", "40001"):
+        return True
+    args: tuple[Any, ...] = getattr(cause, "args", ())
+    return bool(args) and args[0] == 1213
 
 
 def _record_one_by_one(

@@ -203,7 +203,20 @@ def renew(lease_tokens: list[str], lease_seconds: float) -> int:
     if not lease_tokens:
         return 0
     until = timezone.now() + dt.timedelta(seconds=lease_seconds)
-    return TaskResult.objects.filter(lease_token__in=lease_tokens).update(lease_expires=until)
+    if connection.vendor != "postgresql":
+        return TaskResult.objects.filter(lease_token__in=lease_tokens).update(lease_expires=until)
+    # Rows being written right now (an outcome, a retry) are skipped, not waited for: their
+    # lease is being released, and waiting in another lock order than that write's could
+    # deadlock with it.
+    table = connection.ops.quote_name(TaskResult._meta.db_table)
+    marks = ", ".join(["%s"] * len(lease_tokens))
+    sql = (
+        f"UPDATE {table} SET lease_expires = %s WHERE id IN (SELECT id FROM {table} "
+        f"WHERE lease_token IN ({marks}) ORDER BY id FOR UPDATE SKIP LOCKED)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [connection.ops.adapt_datetimefield_value(until), *lease_tokens])
+        return int(cursor.rowcount)
 
 
 def give_back(lease_token: str, pks: list[int], *, republish: bool) -> int:
@@ -217,11 +230,11 @@ def give_back(lease_token: str, pks: list[int], *, republish: bool) -> int:
     return _give_back(TaskResult.objects.filter(pk__in=pks, lease_token=lease_token), republish)
 
 
-def give_back_unstarted(lease_token: str, *, except_pk: int) -> int:
-    """Release every waiting task still leased under ``lease_token`` but ``except_pk`` (the
-    tasks a process killed at a hard time limit had claimed and never began)."""
+def give_back_unstarted(lease_token: str, *, except_pks: list[int]) -> int:
+    """Release every waiting task still leased under ``lease_token`` but ``except_pks`` (the
+    tasks a dead process had claimed and never began)."""
     unstarted = TaskResult.objects.filter(lease_token=lease_token, state__in=CLAIMABLE_STATES)
-    return _give_back(unstarted.exclude(pk=except_pk), republish=True)
+    return _give_back(unstarted.exclude(pk__in=except_pks), republish=True)
 
 
 def _give_back(rows: Any, republish: bool) -> int:

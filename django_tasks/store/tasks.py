@@ -154,13 +154,33 @@ def _replace_tombstone(task_id: str) -> bool:
     return bool(deleted)
 
 
-def redispatch_waiting() -> int:
-    """Mark every waiting task whose message is with the broker as not dispatched, for the
-    relay to publish again (the broker lost its messages); returns how many."""
-    return int(
+def redispatch_waiting(*, queue: str | None = None, due_before: dt.datetime | None = None) -> int:
+    """Mark waiting tasks whose message is with the broker as not dispatched, for the relay
+    to publish again (the broker lost their messages); all of them, or those of ``queue``
+    due before ``due_before``. Returns how many."""
+    rows = TaskResult.objects.filter(
+        state__in=CLAIMABLE_STATES, lease_token__isnull=True, dispatched=True
+    )
+    if queue is not None:
+        rows = rows.filter(queue=queue)
+    if due_before is not None:
+        rows = rows.filter(run_after__lt=due_before)
+    return int(rows.update(dispatched=False))
+
+
+def queues_with_overdue_messages(due_before: dt.datetime) -> list[str]:
+    """Queues holding waiting tasks whose message went to the broker and that were due
+    before ``due_before``, yet nobody has claimed them."""
+    return list(
         TaskResult.objects.filter(
-            state__in=CLAIMABLE_STATES, lease_token__isnull=True, dispatched=True
-        ).update(dispatched=False)
+            state__in=CLAIMABLE_STATES,
+            lease_token__isnull=True,
+            dispatched=True,
+            run_after__lt=due_before,
+        )
+        .order_by()
+        .values_list("queue", flat=True)
+        .distinct()
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime as dt
 import logging
 import time
 from typing import Any
@@ -64,6 +65,12 @@ REDIS_BRPOP_TIMEOUT = 0.1
 SENTINEL_QUEUE = "django_tasks.sentinel"
 #: How often each worker's relay looks at the sentinel.
 SENTINEL_INTERVAL = 5.0
+#: A task due this long ago, with its message sent, that nobody has claimed while its broker
+#: queue is empty, lost its message in flight (e.g. a Redis consumer killed after popping it,
+#: before kombu held it as unacknowledged): it is sent again.
+OVERDUE_AFTER = 60.0
+#: How often each worker's relay looks for such tasks.
+OVERDUE_INTERVAL = 30.0
 
 
 class BrokerTransport(Transport):
@@ -82,6 +89,7 @@ class BrokerTransport(Transport):
         self._listening: tuple[str, ...] = ()
         self._inbox: collections.deque[Message] = collections.deque()
         self._next_sentinel_check = 0.0
+        self._next_overdue_check = time.monotonic() + OVERDUE_INTERVAL
 
     # -- connections --------------------------------------------------------------------------
 
@@ -277,6 +285,10 @@ class BrokerTransport(Transport):
                     again,
                 )
 
+        if time.monotonic() >= self._next_overdue_check:
+            self._next_overdue_check = time.monotonic() + OVERDUE_INTERVAL
+            self._send_overdue_again()
+
         def publish(row: dict[str, Any]) -> None:
             self.publish(message_from_row(row), retry=True, retry_policy=policy)
 
@@ -284,6 +296,43 @@ class BrokerTransport(Transport):
         if published:
             logger.info("Relay published %d due task(s)", published)
         return next_due
+
+    def _send_overdue_again(self) -> None:
+        """Send again the tasks whose message was lost in flight (see :data:`OVERDUE_AFTER`);
+        a queue that still holds messages is left alone (its tasks may be waiting their turn)."""
+        due_before = timezone.now() - dt.timedelta(seconds=OVERDUE_AFTER)
+        for queue in store.queues_with_overdue_messages(due_before):
+            waiting = self.messages_waiting(queue)
+            if waiting != 0:
+                continue
+            again = store.redispatch_waiting(queue=queue, due_before=due_before)
+            if again:
+                logger.warning(
+                    "%d task(s) of queue %r were due over %ds ago, but their queue in the "
+                    "broker is empty: their messages were lost; sending them again",
+                    again,
+                    queue,
+                    OVERDUE_AFTER,
+                )
+
+    def messages_waiting(self, queue: str) -> int | None:
+        """Messages ready in the broker's queue ``queue`` (0 if it does not exist), or None
+        when the broker cannot be asked."""
+        with producer_pool(self.broker).acquire(block=True) as producer:
+            conn = producer.connection
+            try:
+                conn.ensure_connection(max_retries=0)
+                channel = conn.channel()
+                try:
+                    return int(channel.queue_declare(queue=queue, passive=True)[1])
+                except Exception:  # the channel's "no such queue"
+                    return 0
+                finally:
+                    self._quietly(channel.close)
+            except self._connection_errors() as exc:
+                self._quietly(conn.collect)
+                logger.warning("Could not count the messages of queue %r (%s)", queue, exc)
+                return None
 
     def broker_forgot(self) -> bool:
         """Whether the broker lost its queues since the sentinel message was put there (or

@@ -223,8 +223,11 @@ class Consumer:
                 first_outcome_at = time.monotonic()
             outcome = execute(claimed, self.context)
             outcomes.append(outcome)
-            if self.journal is not None and not self._journal(outcome):
-                self.flush(outcomes)
+            if self.journal is not None:
+                if self._journal(outcome):
+                    self.journal.settled()
+                else:
+                    self.flush(outcomes)
         self.flush(outcomes)
         self.transport.acknowledge(batch)  # acks_late: now that outcomes are stored
         elapsed = time.monotonic() - batch_started
@@ -258,6 +261,7 @@ class Consumer:
         )
         if self.journal is not None:
             self.journal.clear_journal()
+            self.journal.settled()
         followups = []
         for outcome in outcomes:
             if outcome.change.pk in refused:

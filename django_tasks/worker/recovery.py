@@ -43,9 +43,11 @@ def settle_lost_loop(token: str, slot: TaskSlot | None) -> None:
     (queued again), then the task it was running (the lost-worker rule)."""
     if slot is not None:
         replay_journal(token, slot)
-        # The slot names the one task the child was running: every other waiting task it
-        # held was never started. (A thread's loop has no slot, so all its tasks get the rule.)
-        returned = store.give_back_unstarted(token, except_pk=slot.read().pk)
+        # The slot names the task the child was running, and one that had just ended but was
+        # not journaled yet: every other waiting task it held was never started. (A thread's
+        # loop has no slot, so all its tasks get the rule.)
+        started = [pk for pk in (slot.read().pk, slot.finished()) if pk]
+        returned = store.give_back_unstarted(token, except_pks=started)
         if returned:
             logger.warning(
                 "Queued again %d task(s) that a lost worker process had claimed but not started",

@@ -19,6 +19,8 @@ _LAYOUT = struct.Struct("=qddi")  # task pk (0: idle), hard deadline, hard limit
 JOURNAL_SIZE = 8 * 1024 * 1024
 _LENGTH = struct.Struct("=q")
 _ENTRY = struct.Struct("=i")
+#: After _LAYOUT: the task whose run has ended but whose outcome is not journaled yet (0: none).
+_FINISHED = struct.Struct("=q")
 
 
 class SlotState(NamedTuple):
@@ -37,7 +39,7 @@ class TaskSlot:
     """
 
     def __init__(self) -> None:
-        self._mem = mmap.mmap(-1, _LAYOUT.size)
+        self._mem = mmap.mmap(-1, _LAYOUT.size + _FINISHED.size)
         self._journal = mmap.mmap(-1, JOURNAL_SIZE)
 
     def journal(self, entry: dict[str, Any]) -> bool:
@@ -78,7 +80,19 @@ class TaskSlot:
 
     def end(self) -> None:
         state = self.read()
+        # The task stays named until its outcome is journaled (:meth:`settled`): a child that
+        # dies in between has run it, so it is not one to hand on as unstarted.
+        _FINISHED.pack_into(self._mem, _LAYOUT.size, state.pk)
         _LAYOUT.pack_into(self._mem, 0, 0, 0.0, 0.0, state.terminate)
+
+    def settled(self) -> None:
+        """The task that ended last has its outcome journaled (or written)."""
+        _FINISHED.pack_into(self._mem, _LAYOUT.size, 0)
+
+    def finished(self) -> int:
+        """The task that ended but whose outcome is not journaled yet; 0 for none."""
+        pk: int = _FINISHED.unpack_from(self._mem, _LAYOUT.size)[0]
+        return pk
 
     def read(self) -> SlotState:
         return SlotState(*_LAYOUT.unpack_from(self._mem, 0))

@@ -277,14 +277,19 @@ def kills_its_process(self, label=""):
 def _soak_ledger(task_id, seq, acks_late):
     """One ledger row per run, written through a SQLite connection of its own (never
     Django's), so that bench/soak.py counts runs apart from the task rows, and a restarted
-    PostgreSQL or broker cannot lose the count."""
+    PostgreSQL or broker cannot lose the count. One file per process: no writer waits for
+    another's lock, so a run is in the ledger almost as soon as it starts."""
     import sqlite3
 
-    ledger = sqlite3.connect(
-        os.environ["DJANGO_TASKS_SOAK_LEDGER"], timeout=60, isolation_level=None
-    )
+    path = os.path.join(os.environ["DJANGO_TASKS_SOAK_LEDGER"], f"runs-{os.getpid()}.sqlite3")
+    ledger = sqlite3.connect(path, timeout=60, isolation_level=None)
     try:
-        ledger.execute("PRAGMA synchronous=NORMAL")  # WAL: survives a killed process
+        ledger.execute("PRAGMA journal_mode=WAL")  # with synchronous=NORMAL: survives a kill
+        ledger.execute("PRAGMA synchronous=NORMAL")
+        ledger.execute(
+            "CREATE TABLE IF NOT EXISTS runs (task_id TEXT, seq INTEGER, acks_late INTEGER, "
+            "pid INTEGER, at REAL)"
+        )
         ledger.execute(
             "INSERT INTO runs (task_id, seq, acks_late, pid, at) VALUES (?, ?, ?, ?, ?)",
             (task_id, seq, int(acks_late), os.getpid(), time.time()),
