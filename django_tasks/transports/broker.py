@@ -337,21 +337,12 @@ class BrokerTransport(Transport):
     def broker_forgot(self) -> bool:
         """Whether the broker lost its queues since the sentinel message was put there (or
         it was never put there); puts one there if so."""
+        if self.messages_waiting(SENTINEL_QUEUE) != 0:
+            return False  # it is there (or the broker cannot be asked now)
         exchange = Exchange(SENTINEL_QUEUE, type="direct", durable=True)
         queue = Queue(SENTINEL_QUEUE, exchange, routing_key=SENTINEL_QUEUE, durable=True)
         with producer_pool(self.broker).acquire(block=True) as producer:
-            conn = producer.connection
             try:
-                conn.ensure_connection(max_retries=0)
-                channel = conn.channel()
-                try:
-                    count = channel.queue_declare(queue=SENTINEL_QUEUE, passive=True)[1]
-                except Exception:  # the channel's "no such queue" (NOT_FOUND on AMQP)
-                    count = 0
-                finally:
-                    self._quietly(channel.close)
-                if count:
-                    return False
                 producer.publish(
                     b"{}",
                     exchange="",
@@ -362,11 +353,10 @@ class BrokerTransport(Transport):
                     delivery_mode=2,
                     serializer=None,
                 )
-                return True
             except self._connection_errors() as exc:
-                self._quietly(conn.collect)
-                logger.warning("Could not look at the broker's sentinel queue (%s)", exc)
-                return False
+                self._quietly(producer.connection.collect)
+                logger.warning("Could not put the sentinel message in place (%s)", exc)
+        return True
 
     # -- receiving ----------------------------------------------------------------------------
 
