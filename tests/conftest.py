@@ -198,8 +198,12 @@ class WorkerProcess:
             ) from None
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.kill_group()
+        # The whole session, even when its main process is gone already (a test killed
+        # it): a child left behind must not take the next test's messages.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
         self._log.close()
 
 
