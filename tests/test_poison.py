@@ -563,13 +563,15 @@ def in_fresh_thread(work: Any) -> Any:
 
 
 def deepest(attempt: Any, low: int = 10, high: int = 5000) -> int:
-    """The largest depth for which ``attempt(depth)`` does not raise ``RecursionError``."""
+    """The largest depth for which ``attempt(depth)`` does not raise ``RecursionError`` (or,
+    for a write, a database error: newer SQLite's JSON_VALID check refuses deep JSON)."""
     while low < high:
         middle = (low + high + 1) // 2
         try:
-            attempt(middle)
+            with transaction.atomic():
+                attempt(middle)
             low = middle
-        except RecursionError:
+        except (RecursionError, DatabaseError):
             high = middle - 1
     attempt(low)
     return low
@@ -590,6 +592,12 @@ def test_a_row_nested_too_deep_to_read_fails_alone(column: str) -> None:
         lambda: deepest(lambda d: rows.update(**{column: _row_value(column, d)}))
     )
     print(f"nested {depth} deep")
+    try:
+        rows.values_list(column, flat=True).get()
+    except RecursionError:
+        pass
+    else:  # e.g. newer SQLite: JSON_VALID refuses JSON deeper than Python can decode
+        pytest.skip(f"this database stores no JSON too deep to read (at most {depth} levels)")
     good = tasks.add.delay(2, 2)
 
     run_worker()
