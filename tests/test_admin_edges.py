@@ -3,11 +3,7 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
 from django.test import Client
@@ -16,6 +12,7 @@ from django.utils import timezone
 
 from django_tasks import states
 from django_tasks.models import TaskResult, TaskStateChange
+from tests.deep_values import nested, old_data
 from tests.taskapp import tasks
 
 pytestmark = pytest.mark.django_db
@@ -30,25 +27,6 @@ def admin_http(django_user_model) -> Client:
     c = Client(raise_request_exception=False)
     c.force_login(django_user_model.objects.create_superuser("admin", "a@example.com", "pw"))
     return c
-
-
-def nested(depth: int, leaf: Any = 1) -> Any:
-    value = leaf
-    for i in range(depth):
-        value = [value] if i % 2 else {"k": value}
-    return value
-
-
-@contextmanager
-def old_data() -> Iterator[None]:
-    """Writes values nested deeper than this process's JSON encoder would take, as another
-    process (with a higher recursion limit) may have stored them."""
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(20_000)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(limit)
 
 
 # -- 1. NUL bytes in filters and search -------------------------------------------------------

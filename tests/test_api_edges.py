@@ -4,12 +4,9 @@ bounded, and only staff with the view permission read every result."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -23,6 +20,7 @@ from django_tasks.models import TaskResult
 from django_tasks.store import store_custom_state
 from django_tasks.testing import close_waiter
 from tests.conftest import wait_until
+from tests.deep_values import nested, old_data
 from tests.taskapp import tasks
 
 pytestmark = pytest.mark.django_db
@@ -60,25 +58,6 @@ def http(user: Any = None) -> Client:
     if user is not None:
         c.force_login(user)
     return c
-
-
-def nested(depth: int, leaf: Any = 1) -> Any:
-    value = leaf
-    for i in range(depth):
-        value = [value] if i % 2 else {"k": value}
-    return value
-
-
-@contextmanager
-def old_data() -> Iterator[None]:
-    """Writes values nested deeper than this process's JSON encoder would take, as another
-    process (with a higher recursion limit) may have stored them."""
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(20_000)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(limit)
 
 
 def depth_of(value: Any) -> int:
