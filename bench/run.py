@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import streaming  # bench/streaming.py
 from subprocesses import background  # bench/subprocesses.py
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +55,10 @@ TARGET_E2E_C2 = 1500.0
 TARGET_LATENCY_P50 = 3.0
 SETTINGS = "testproject.settings"
 FLOOR_BATCH = 50
+#: Worker concurrencies of the streaming mode.
+STREAM_CONCURRENCY = (1, 2, 4)
+#: Claimer processes of the streaming floor.
+FLOOR_STREAM_CLAIMERS = 2
 WORKER_TIMEOUT = 600.0
 
 #: (key, label, format) of every measure, in table order.
@@ -69,10 +74,26 @@ MEASURES: tuple[tuple[str, str, str], ...] = (
     ("latency_p50", "round-trip latency p50 (ms)", "{:.1f}"),
     ("latency_p95", "round-trip latency p95 (ms)", "{:.1f}"),
     ("latency_samples", "  latency samples", "{:.0f}"),
+    *(
+        (f"stream_{what}_c{c}", f"streaming c={c}: {label}", "{:,.0f}")
+        for c in STREAM_CONCURRENCY
+        for what, label in (
+            ("e2e", "end-to-end (tasks/s)"),
+            ("send", "  the producer's `delay()` meanwhile (tasks/s)"),
+        )
+    ),
     ("floor_insert", "floor: raw inserts (rows/s)", "{:,.0f}"),
     ("floor_claim", f"floor: claim {FLOOR_BATCH} + complete (rows/s)", "{:,.0f}"),
+    (
+        "floor_stream",
+        "floor streaming: INSERT while 2 claimers claim + complete (rows/s)",
+        "{:,.0f}",
+    ),
     ("ratio_enqueue", "ratio: enqueue / floor insert", "{:.2f}"),
     ("ratio_e2e", "ratio: end-to-end c=1 / floor claim+complete", "{:.2f}"),
+    ("ratio_stream_scaling", "ratio: streaming e2e c=2 / c=1", "{:.2f}"),
+    ("ratio_stream_floor", "ratio: streaming e2e c=2 / floor streaming", "{:.2f}"),
+    ("ratio_send_busy", "ratio: `delay()` while c=2 runs / idle", "{:.2f}"),
 )
 
 Results = dict[str, float | None]
@@ -268,6 +289,52 @@ def measure_end_to_end(n: int, concurrency: int) -> tuple[float | None, float]:
     return None, wall
 
 
+class OurSide:
+    """django_tasks as bench/streaming.py measures it."""
+
+    def start_worker(self, concurrency: int) -> contextlib.AbstractContextManager[Any]:
+        return worker(concurrency, burst=False)
+
+    def round_trip(self) -> None:
+        from testproject.demo.tasks import noop
+
+        noop.delay().get(timeout=60)
+
+    def reset(self) -> None:
+        clear_tasks()
+
+    def done(self) -> tuple[int, int, float | None]:
+        from django.db.models import Count, Max, Q
+
+        from django_tasks import states
+        from django_tasks.models import TaskResult
+
+        row = TaskResult.objects.aggregate(
+            ok=Count("pk", filter=Q(state=states.SUCCESS)), total=Count("pk"), end=Max("date_done")
+        )
+        return row["ok"], row["total"], row["end"] and row["end"].timestamp()
+
+
+def measure_streaming(n: int, concurrency: int) -> tuple[float | None, float | None]:
+    """(end-to-end tasks/s, the producer's sends/s) of ``n`` no-ops sent by another process
+    while an idle ``runworker --concurrency C`` runs (see bench/streaming.py)."""
+    producer = [sys.executable, __file__, "--produce", str(n)]
+    return streaming.measure(
+        OurSide(), n, concurrency, producer, REPO, timeout=WORKER_TIMEOUT, loud=loud
+    )
+
+
+def produce_noops() -> None:
+    """The streaming producer process: Django set up, then ``noop.delay()`` back to back."""
+    sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
+    from testproject.demo.tasks import noop
+
+    streaming.main_for_producer(sys.argv, noop.delay)
+
+
 def measure_latency(samples: int, budget: float) -> list[float]:
     """Round-trip seconds of ``delay()`` + ``get()`` against an idle worker.
 
@@ -365,7 +432,58 @@ def measure_floor(n: int) -> tuple[float, float]:
     return inserts, claims
 
 
-def measure(n: int, samples: int, latency_budget: float) -> Results:
+def _floor_claimer(done: Any, n: int, finished_at: Any) -> None:
+    """A streaming-floor claimer process: claim and complete until ``n`` rows are done."""
+    conn, sql = floor_connection()
+    try:
+        while done.value < n:
+            ids = [row[0] for row in conn.execute(sql.claim, (uuid.uuid4().hex,)).fetchall()]
+            if not ids:
+                time.sleep(0.0005)  # a generous floor: a real queue would wait for a wake-up
+                continue
+            conn.execute(sql.complete, (sql.ids(ids),))
+            with done.get_lock():
+                done.value += len(ids)
+                finished_at.value = time.time()
+    finally:
+        conn.close()
+
+
+def measure_floor_streaming(n: int) -> float | None:
+    """Rows/s of raw ``INSERT``s by this process while ``FLOOR_STREAM_CLAIMERS`` processes
+    claim (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and complete them."""
+    import multiprocessing
+
+    conn, sql = floor_connection()
+    for statement in sql.create:
+        conn.execute(statement)
+    context = multiprocessing.get_context("fork")  # the children open their own connections
+    done, finished_at = context.Value("q", 0), context.Value("d", 0.0)
+    claimers = [
+        context.Process(target=_floor_claimer, args=(done, n, finished_at))
+        for _ in range(FLOOR_STREAM_CLAIMERS)
+    ]
+    for claimer in claimers:
+        claimer.start()
+    try:
+        first = time.time()
+        for _ in range(n):
+            conn.execute(sql.insert, (FLOOR_PAYLOAD,))
+        for claimer in claimers:
+            claimer.join(timeout=WORKER_TIMEOUT)
+    finally:
+        for claimer in claimers:
+            if claimer.is_alive():
+                claimer.kill()
+        conn.execute(sql.create[0])
+        conn.close()
+    if done.value != n:
+        loud(f"floor streaming: completed {done.value} rows, expected {n}")
+        return None
+    return n / (finished_at.value - first)
+
+
+def measure(n: int, samples: int, latency_budget: float, modes: list[str]) -> Results:
     """Every measure on the database in ``DATABASE_URL``."""
     sys.path.insert(0, str(REPO))
     import django
@@ -373,10 +491,18 @@ def measure(n: int, samples: int, latency_budget: float) -> Results:
     django.setup()
     results: Results = {"enqueue": measure_enqueue(n)}
     results.update(measure_send_split(n))
-    for concurrency in (1, 2):
-        throughput, wall = measure_end_to_end(n, concurrency)
-        results[f"e2e_c{concurrency}"] = throughput
-        results[f"e2e_c{concurrency}_wall"] = wall
+    if "backlog" in modes:
+        for concurrency in (1, 2):
+            throughput, wall = measure_end_to_end(n, concurrency)
+            results[f"e2e_c{concurrency}"] = throughput
+            results[f"e2e_c{concurrency}_wall"] = wall
+    if "streaming" in modes:
+        for concurrency in STREAM_CONCURRENCY:
+            e2e, sends = measure_streaming(n, concurrency)
+            results[f"stream_e2e_c{concurrency}"] = e2e
+            results[f"stream_send_c{concurrency}"] = sends
+        results["ratio_stream_scaling"] = ratio(results["stream_e2e_c2"], results["stream_e2e_c1"])
+        results["ratio_send_busy"] = ratio(results["stream_send_c2"], results["enqueue"])
     timings = measure_latency(samples, latency_budget)
     if len(timings) >= 2:
         cuts = statistics.quantiles(timings, n=100, method="inclusive")
@@ -386,7 +512,10 @@ def measure(n: int, samples: int, latency_budget: float) -> Results:
         return results  # the floor is the database transport's; see the Celery reference
     results["floor_insert"], results["floor_claim"] = measure_floor(n)
     results["ratio_enqueue"] = ratio(results["enqueue"], results["floor_insert"])
-    results["ratio_e2e"] = ratio(results["e2e_c1"], results["floor_claim"])
+    results["ratio_e2e"] = ratio(results.get("e2e_c1"), results["floor_claim"])
+    if "streaming" in modes:
+        results["floor_stream"] = measure_floor_streaming(n)
+        results["ratio_stream_floor"] = ratio(results["stream_e2e_c2"], results["floor_stream"])
     return results
 
 
@@ -485,7 +614,7 @@ def measure_in_child(
     None (said loudly) if it failed. Its problems are kept under ``label``."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [*cmd, out.name, "--n", str(args.n), "--latency-samples", str(args.latency_samples)]
-        cmd += ["--latency-budget", str(args.latency_budget)]
+        cmd += ["--latency-budget", str(args.latency_budget), "--modes", ",".join(args.modes)]
         started = time.perf_counter()
         code = subprocess.run(cmd, cwd=cwd, env=env).returncode
         if code != 0:
@@ -560,6 +689,11 @@ COMPARED: tuple[tuple[str, str, bool], ...] = (
     ("enqueue", "enqueue (tasks/s)", True),
     ("e2e_c1", "end-to-end c=1 (tasks/s)", True),
     ("e2e_c2", "end-to-end c=2 (tasks/s)", True),
+    *(
+        (f"stream_e2e_c{c}", f"streaming end-to-end c={c} (tasks/s)", True)
+        for c in STREAM_CONCURRENCY
+    ),
+    ("stream_send_c2", "streaming: sends while c=2 runs (tasks/s)", True),
     ("latency_p50", "latency p50 (ms)", False),
     ("latency_p95", "latency p95 (ms)", False),
 )
@@ -613,6 +747,7 @@ def machine(postgres_version: str | None) -> str:
 
 
 COLUMNS = ("sqlite", "postgresql", "redis", "rabbitmq")
+MODES = ("backlog", "streaming")
 
 
 def parse_args() -> argparse.Namespace:
@@ -648,8 +783,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--no-celery", action="store_true", help="skip the Celery reference on brokers"
     )
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="comma-separated: backlog (the tasks queued before the worker starts), streaming"
+        " (a producer process sends while the worker runs); default: both",
+    )
     parser.add_argument("--child-output", help=argparse.SUPPRESS)
+    parser.add_argument("--produce", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--produce-output", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if unknown_modes := set(args.modes) - set(MODES):
+        parser.error(f"unknown mode(s) in --modes: {', '.join(sorted(unknown_modes))}")
     args.only = [c.strip() for c in args.only.split(",") if c.strip()]
     if unknown := set(args.only) - set(COLUMNS):
         parser.error(f"unknown column(s) in --only: {', '.join(sorted(unknown))}")
@@ -658,8 +804,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    if args.produce:
+        produce_noops()
+        return 0
     if args.child_output:
-        results = measure(args.n, args.latency_samples, args.latency_budget)
+        results = measure(args.n, args.latency_samples, args.latency_budget, args.modes)
         Path(args.child_output).write_text(json.dumps({"results": results, "problems": PROBLEMS}))
         return 0
 

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -27,9 +28,10 @@ from celery_app import app, noop  # noqa: E402
 
 django.setup()
 
+import streaming  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
-from django.db.models import Max, Min  # noqa: E402
+from django.db.models import Count, Max, Min, Q  # noqa: E402
 from django_celery_results.models import TaskResult  # noqa: E402
 from subprocesses import background  # noqa: E402
 
@@ -38,6 +40,8 @@ WORKER_TIMEOUT = 600.0
 #: would make every round trip about 500 ms. 1 ms gives Celery its best latency.
 GET_INTERVAL = 0.001
 PROBLEMS: list[str] = []
+#: As in bench/run.py.
+STREAM_CONCURRENCY = (1, 2, 4)
 
 
 def loud(message: str) -> None:
@@ -96,6 +100,33 @@ def measure_end_to_end(n: int, concurrency: int) -> tuple[float | None, float]:
     return (n - 1) / (span["end"] - span["start"]).total_seconds(), wall
 
 
+class CelerySide:
+    """The Celery reference as bench/streaming.py measures it."""
+
+    def start_worker(self, concurrency: int) -> contextlib.AbstractContextManager[Any]:
+        return worker(concurrency)
+
+    def round_trip(self) -> None:
+        noop.delay().get(timeout=60, interval=GET_INTERVAL)
+
+    def reset(self) -> None:
+        reset()
+
+    def done(self) -> tuple[int, int, float | None]:
+        row = TaskResult.objects.aggregate(
+            ok=Count("pk", filter=Q(status="SUCCESS")), total=Count("pk"), end=Max("date_done")
+        )
+        return row["ok"], row["total"], row["end"] and row["end"].timestamp()
+
+
+def measure_streaming(n: int, concurrency: int) -> tuple[float | None, float]:
+    """(end-to-end tasks/s, the producer's sends/s), measured as ours is."""
+    producer = [sys.executable, __file__, "--produce", str(n)]
+    return streaming.measure(
+        CelerySide(), n, concurrency, producer, HERE, timeout=WORKER_TIMEOUT, loud=loud
+    )
+
+
 def measure_latency(samples: int, budget: float) -> list[float]:
     reset()
     timings: list[float] = []
@@ -111,19 +142,28 @@ def measure_latency(samples: int, budget: float) -> list[float]:
 
 
 def main() -> int:
+    if streaming.main_for_producer(sys.argv, noop.delay):
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--latency-budget", type=float, default=30.0)
+    parser.add_argument("--modes", default="backlog,streaming")
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
 
     call_command("migrate", "--noinput", verbosity=0)
     results: dict[str, float | None] = {"enqueue": measure_enqueue(args.n)}
-    for concurrency in (1, 2):
-        rate, wall = measure_end_to_end(args.n, concurrency)
-        results[f"e2e_c{concurrency}"] = rate
-        results[f"e2e_c{concurrency}_wall"] = wall
+    if "backlog" in args.modes:
+        for concurrency in (1, 2):
+            rate, wall = measure_end_to_end(args.n, concurrency)
+            results[f"e2e_c{concurrency}"] = rate
+            results[f"e2e_c{concurrency}_wall"] = wall
+    if "streaming" in args.modes:
+        for concurrency in STREAM_CONCURRENCY:
+            rate, sends = measure_streaming(args.n, concurrency)
+            results[f"stream_e2e_c{concurrency}"] = rate
+            results[f"stream_send_c{concurrency}"] = sends
     timings = measure_latency(args.latency_samples, args.latency_budget)
     if len(timings) >= 2:
         cuts = statistics.quantiles(timings, n=100, method="inclusive")
