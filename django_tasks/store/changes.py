@@ -272,9 +272,10 @@ def _update_and_log(
     qn = connection.ops.quote_name
     columns = [qn(column_of(f)) for f in fields]
     meta_field = TaskStateChange._meta.get_field("meta")
-    row = ", ".join(
-        ["%s::bigint", *(f"%s::{f.db_type(connection)}" for f in fields), "%s::text", "%s::jsonb"]
-    )
+    # One array per column, so the statement's text is the same whatever the batch size
+    # (psycopg parses a long, ever-different VALUES list anew on every call).
+    typed = [f"%s::{f.db_type(connection)}[]" for f in fields]
+    arrays = ", ".join(["%s::bigint[]", *typed, "%s::text[]", "%s::jsonb[]"])
     assignments = [f"{c} = v.{c}" for c in columns]
     if not keep_lease:
         assignments.append("lease_token = NULL, lease_expires = NULL")
@@ -282,8 +283,8 @@ def _update_and_log(
     ready_marks = ", ".join(["%s"] * len(READY))
     unfinished = f" AND t.state NOT IN ({ready_marks})" if unfinished_only else ""
     sql = (
-        f"WITH v (id, {', '.join(columns)}, detail, history_meta) AS (VALUES "
-        f"{', '.join([f'({row})'] * len(group))}), "
+        f"WITH v (id, {', '.join(columns)}, detail, history_meta) AS "
+        f"(SELECT * FROM unnest({arrays})), "
         f"u AS (UPDATE {qn(TaskResult._meta.db_table)} AS t SET {', '.join(assignments)} "
         f"FROM v WHERE t.id = v.id{' AND t.lease_token = %s' if lease_token else ''}"
         f"{unfinished} "
@@ -291,15 +292,20 @@ def _update_and_log(
         f"INSERT INTO {qn(history)} (task_id, state, at, worker, detail, meta) "
         f"SELECT u.id, v.state, %s, %s, v.detail, v.history_meta FROM u JOIN v ON v.id = u.id"
     )
-    params: list[Any] = []
-    for change in group:
-        values = (change.state, *(change.fields[name] for name in names))
-        params.append(change.pk)
-        params.extend(
-            f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)
+    params: list[Any] = [[change.pk for change in group]]
+    for field_, name in zip(fields, ("state", *names), strict=True):
+        params.append(
+            [
+                field_.get_db_prep_save(
+                    change.state if name == "state" else change.fields[name], connection
+                )
+                for change in group
+            ]
         )
-        params.append(change.detail)
-        params.append(meta_field.get_db_prep_save(history_meta(change), connection))
+    params.append([change.detail for change in group])
+    params.append(
+        [meta_field.get_db_prep_save(history_meta(change), connection) for change in group]
+    )
     if lease_token:
         params.append(lease_token)
     if unfinished_only:
