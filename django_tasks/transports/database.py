@@ -2,7 +2,8 @@
 
 * Sending is one ``INSERT`` (on PostgreSQL a trigger adds a ``NOTIFY`` to it).
 * Claiming leases a batch of due rows in one statement (:func:`django_tasks.store.claim`).
-* Waiting workers ``LISTEN`` for new rows on PostgreSQL and poll elsewhere.
+* Waiting workers ``LISTEN`` for new rows on PostgreSQL, watch SQLite's wal-index for commits,
+  and poll elsewhere (MySQL/MariaDB).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from django.core.checks import CheckMessage, Error
 from .. import store
 from ..conf import SETTINGS_NAME
 from ..store import Claim, ClaimedTask
-from ..store.notify import QueueListener, can_listen
+from ..store.notify import CommitWatcher, QueueListener, can_listen, sqlite_wal_index
 from .base import KnownTask, OutgoingTask, Transport, database_description
 
 
@@ -27,6 +28,7 @@ class DatabaseTransport(Transport):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._listener = QueueListener()
+        self._commits: CommitWatcher | None = None
 
     @property
     def wakes_workers(self) -> bool:  # type: ignore[override]
@@ -71,13 +73,25 @@ class DatabaseTransport(Transport):
     def wait_for_tasks(self, queues: list[str], timeout: float) -> None:
         if timeout <= 0:
             return
-        if not self.wakes_workers:
+        if self.wakes_workers:
+            self._listener.wait(queues, timeout, fallback_sleep=self.poll_interval)
+            return
+        if self._commits is None and (wal_index := sqlite_wal_index()):
+            self._commits = CommitWatcher(wal_index)
+        if self._commits is None:
             time.sleep(timeout)
             return
-        self._listener.wait(queues, timeout, fallback_sleep=self.poll_interval)
+        # SQLite: wake at a commit that left a task of ours due (most commits are outcomes).
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self._commits.wait(remaining) and store.has_due_rows(queues):
+                return
 
     def close(self) -> None:
         self._listener.close()
+        if self._commits is not None:
+            self._commits.close()
+            self._commits = None
 
 
 __all__ = ["DatabaseTransport"]

@@ -1,0 +1,82 @@
+"""Waking up for new tasks and changed results: an idle worker and a waiting ``get()`` react
+within milliseconds on every database (LISTEN/NOTIFY on PostgreSQL, the wal-index on SQLite),
+not after a polling interval."""
+
+import statistics
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from django_tasks.store.notify import CommitWatcher, sqlite_wal_index
+from tests.conftest import wait_until
+from tests.taskapp import tasks
+from tests.taskapp.models import Run
+
+sqlite_only = pytest.mark.skipif(
+    "connection.vendor != 'sqlite'", reason="the wal-index is SQLite's"
+)
+
+
+def _wal_mode():
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode=WAL")
+
+
+@sqlite_only
+@pytest.mark.django_db(transaction=True)
+def test_the_commit_watcher_wakes_at_another_connections_commit():
+    _wal_mode()
+    watcher = CommitWatcher(sqlite_wal_index())
+    try:
+        assert watcher.wait(0.05) is False  # nothing committed
+
+        def commit_later():
+            time.sleep(0.1)
+            Run.objects.create(label="x")  # this thread's own connection
+            connection.close()
+
+        writer = threading.Thread(target=commit_later)
+        started = time.monotonic()
+        writer.start()
+        assert watcher.wait(5.0) is True
+        assert 0.09 < time.monotonic() - started < 1.0
+        writer.join()
+    finally:
+        watcher.close()
+
+
+@sqlite_only
+@pytest.mark.django_db(transaction=True)
+def test_the_commit_watcher_sleeps_out_its_timeout_without_a_wal_index(tmp_path):
+    watcher = CommitWatcher(str(tmp_path / "missing.sqlite3-shm"))
+    started = time.monotonic()
+    assert watcher.wait(0.05) is False
+    assert time.monotonic() - started >= 0.05
+
+
+@pytest.mark.worker
+def test_an_idle_worker_answers_round_trips_within_milliseconds(start_worker):
+    """Before the wal-index watch, an idle SQLite worker slept out its 0.1 s poll and
+    ``get()`` its backoff: a round trip took about 85 ms at the median."""
+    start_worker("--concurrency", "1")
+    tasks.add.delay(1, 1).get(timeout=60)  # the worker is up and idle
+    timings = []
+    for i in range(15):
+        t0 = time.perf_counter()
+        assert tasks.add.delay(i, 1).get(timeout=10) == i + 1
+        timings.append(time.perf_counter() - t0)
+        time.sleep(0.02)  # idle between round trips
+    assert statistics.median(timings) < 0.05, timings
+
+
+@pytest.mark.worker
+def test_a_stream_of_tasks_is_run_by_two_loops(start_worker):
+    """Tasks sent one by one while a two-loop worker runs all succeed (claims linger while
+    tasks stream in; none is left behind when the stream stops)."""
+    start_worker("--concurrency", "2")
+    tasks.add.delay(0, 0).get(timeout=60)
+    results = [tasks.add.delay(i, i) for i in range(300)]
+    wait_until(lambda: all(r.ready() for r in results[-5:]), timeout=60, what="the last tasks")
+    assert [r.get(timeout=30) for r in results] == [i + i for i in range(300)]
