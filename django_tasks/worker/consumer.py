@@ -217,10 +217,7 @@ class Consumer:
         first_outcome_at = 0.0
         for index, claimed in enumerate(batch):
             if self.stop.is_set():
-                self.flush(outcomes)
-                self.transport.acknowledge(batch[:index])
-                returned = self.transport.release(self.lease_token, batch[index:])
-                logger.info("Gave back %d claimed task(s) that had not started", returned)
+                self._hand_back(outcomes, batch, index)
                 return len(batch)
             if outcomes and (
                 time.monotonic() - first_outcome_at > FLUSH_AFTER
@@ -247,6 +244,32 @@ class Consumer:
         self._seconds_per_task = 0.5 * self._seconds_per_task + 0.5 * (elapsed / len(batch))
         self.processed += len(batch)
         return len(batch)
+
+    def _hand_back(self, outcomes: list[Outcome], batch: list[ClaimedTask], index: int) -> None:
+        """Stopping mid-batch: write the outcomes of what ran, give back what did not start.
+
+        Through a database outage this is tried again for up to half a lease: once the
+        supervisor is gone (it was killed) nobody renews this loop's lease, and a task still
+        leased when the lease runs out would get the lost-worker rule though it never started.
+        """
+        give_up_at = time.monotonic() + self.lease_seconds / 2
+        delay = 0.1
+        while True:
+            try:
+                self.flush(outcomes)
+                self.transport.acknowledge(batch[:index])
+                returned = self.transport.release(self.lease_token, batch[index:])
+                logger.info("Gave back %d claimed task(s) that had not started", returned)
+                return
+            except DatabaseError as exc:
+                if connection.in_atomic_block or time.monotonic() + delay > give_up_at:
+                    raise
+                logger.warning(
+                    "Database error while stopping (%s); trying again in %.1fs", exc, delay
+                )
+                connections.close_all()  # this thread's connections
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _journal(self, outcome: Outcome) -> bool:
         """Journal ``outcome`` for the parent; False when it must be written now instead."""

@@ -310,3 +310,30 @@ def soak_acks_late(self, seq, work_ms=0):
     _soak_ledger(self.request.id, seq, True)
     time.sleep(work_ms / 1000)
     return seq
+
+
+#: Set by a test: the stop event of the in-process consumer loop that runs
+#: ``stop_and_lose_connection``.
+STOPPING: dict = {"event": None}
+
+
+@task
+def stop_and_lose_connection():
+    """Ask the loop running this task to stop (a warm shutdown), then have PostgreSQL drop
+    the loop's database connection, as a restart would: the loop's next write fails once."""
+    import threading
+
+    from django.db import connection, connections
+
+    STOPPING["event"].set()
+    pid = connection.connection.info.backend_pid
+
+    def terminate():
+        with connections["default"].cursor() as cursor:  # this thread's own connection
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        connections.close_all()
+
+    killer = threading.Thread(target=terminate)
+    killer.start()
+    killer.join()
+    return "stopped"
