@@ -559,9 +559,26 @@ def send_members(
     kwargs: dict[str, Any] | None,
     options: dict[str, Any],
 ) -> None:
-    """Send a group's members (inside the caller's transaction)."""
+    """Send a group's members (inside the caller's transaction): its plain tasks in bulk
+    (one multi-row ``INSERT`` per 1,000 on the database transport), chains and chords on
+    their own."""
+    from .registry import tasks_registry
+    from .transports import get_transport
+
+    bulk = []
+    retry, policy = True, dict[str, Any]()
     for member in members:
-        member.apply_async(args, kwargs, **options)
+        task = None if isinstance(member, _Canvas) else tasks_registry.get(member.task)
+        if task is None:  # a canvas, or a task this process does not know (sent by name)
+            member.apply_async(args, kwargs, **options)
+            continue
+        sig = member.clone(args, kwargs)
+        outgoing, retry, policy = task.prepare_member(
+            sig.args, sig.kwargs, {**sig.options, **options}
+        )
+        bulk.append(outgoing)
+    if bulk:
+        get_transport().send_many(bulk, retry=retry, retry_policy=policy)
 
 
 # -- the store's calls, once a chord is decided (registered in AppConfig.ready) ---------------

@@ -328,3 +328,47 @@ def test_ignore_result_header_tasks_still_give_the_body_their_results():
     c = chord([tasks.add.s(1, 1).set(ignore_result=True)], tasks.tsum.s()).apply_async()
     drain()
     assert c.get(timeout=10) == 2
+
+
+# -- bulk sends -----------------------------------------------------------------------------
+
+
+def _task_inserts(queries):
+    table = TaskResult._meta.db_table
+    return [
+        q["sql"]
+        for q in queries
+        if q["sql"].lstrip().upper().startswith("INSERT") and table in q["sql"]
+    ]
+
+
+def test_a_group_is_sent_with_one_insert_per_thousand_tasks():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        g = group(tasks.add.s(i, 1) for i in range(2500)).apply_async()
+    assert len(_task_inserts(captured.captured_queries)) == 3
+    assert TaskResult.objects.filter(group_id=g.id).count() == 2500
+    drain()
+    assert g.get(timeout=30) == [i + 1 for i in range(2500)]
+
+
+def test_a_group_is_sent_all_or_nothing():
+    tasks.add.apply_async((1, 1), task_id="taken")
+    with pytest.raises(ValueError, match="taken"):
+        group(tasks.add.s(1, 1), tasks.add.s(2, 2).set(task_id="taken")).apply_async()
+    with pytest.raises(TypeError, match="add"):
+        group(tasks.add.s(1, 1), tasks.add.s(1, 2, 3)).apply_async()
+    assert TaskResult.objects.count() == 1
+    assert not TaskGroup.objects.exists()
+
+
+def test_a_group_sent_on_commit_waits_for_the_commit(django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        g = group(tasks.add.s(1, 1), tasks.add.s(2, 2)).apply_async(on_commit=True)
+        assert not TaskResult.objects.exists()
+    for callback in callbacks:
+        callback()
+    drain()
+    assert g.get(timeout=10) == [2, 4]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from django.db import IntegrityError, InterfaceError, connection, transaction
@@ -100,6 +100,69 @@ def insert_task(
             )
             connection.close()
             time.sleep(delay)
+
+
+#: A group's tasks are written with one multi-row ``INSERT`` per this many rows (fewer where
+#: the database takes fewer parameters per statement).
+INSERT_BATCH = 1000
+
+
+def insert_tasks(outgoing: Sequence[NewTask], *, dispatched: bool) -> None:
+    """Store many tasks as ``PENDING`` rows: one multi-row ``INSERT`` per
+    :data:`INSERT_BATCH` rows, in one transaction (all or nothing). An id already used is
+    a ``ValueError`` naming it."""
+    if not outgoing:
+        return
+    sql, fields = insert_statement()
+    head, _, row_marks = sql.partition(" VALUES ")
+    batch = max(1, min(INSERT_BATCH, _max_parameters() // len(fields)))
+    with transaction.atomic():
+        for start in range(0, len(outgoing), batch):
+            chunk = outgoing[start : start + batch]
+            params = [
+                field.get_db_prep_save(value, connection)
+                for task in chunk
+                for field, value in _row(task, fields, dispatched)
+            ]
+            statement = f"{head} VALUES {', '.join([row_marks] * len(chunk))}"
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute(statement, params)
+            except IntegrityError as exc:
+                if "task_id" not in str(exc):
+                    raise
+                taken = existing_task_ids([t.task_id for t in chunk])
+                ids = [t.task_id for t in chunk]
+                duplicate = next(iter(taken), None) or next(
+                    (i for i in ids if ids.count(i) > 1), "?"
+                )
+                raise ValueError(f"task_id {duplicate!r} is already used by another task") from exc
+            except CONNECTION_ERRORS as exc:
+                raise OperationalError(
+                    f"Could not send {len(outgoing)} tasks: the database is unreachable: {exc}"
+                ) from exc
+
+
+def _max_parameters() -> int:
+    """How many parameters one statement may carry on this database."""
+    if connection.vendor == "sqlite":
+        import sqlite3
+
+        connection.ensure_connection()
+        raw = connection.connection
+        getlimit = getattr(raw, "getlimit", None)
+        if getlimit is not None:
+            return int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        return 999
+    return int(connection.features.max_query_params or 65535)
+
+
+def mark_all_dispatched(task_ids: list[str]) -> None:
+    """Their messages are with the broker now (a group's publish after commit)."""
+    for start in range(0, len(task_ids), 1000):
+        TaskResult.objects.filter(
+            task_id__in=task_ids[start : start + 1000], dispatched=False
+        ).update(dispatched=True)
 
 
 def _row(outgoing: NewTask, fields: list[Any], dispatched: bool) -> list[tuple[Any, Any]]:
