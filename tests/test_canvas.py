@@ -372,3 +372,22 @@ def test_a_group_sent_on_commit_waits_for_the_commit(django_capture_on_commit_ca
         callback()
     drain()
     assert g.get(timeout=10) == [2, 4]
+
+
+def test_the_count_and_the_success_commit_together(monkeypatch):
+    """If counting the success fails, the success is not stored either: the header task
+    fails (the database refused its outcome) and so does the chord, never a success that the
+    counter missed (which would leave the chord waiting forever)."""
+    from django_tasks.store import canvas as store_canvas
+
+    def broken(chord_id):
+        raise RuntimeError("the counter could not be written")
+
+    monkeypatch.setattr(store_canvas, "_count_success", broken)
+    c = chord([tasks.add.s(1, 1)], tasks.tsum.s()).apply_async()
+    drain()
+    header = c.parent.results[0]
+    assert header.state == states.FAILURE
+    assert TaskGroup.objects.get(group_id=c.parent.id).chord_state == "FAILURE"
+    with pytest.raises(ChordError, match=header.id):
+        c.get(timeout=10)
