@@ -468,18 +468,22 @@ def _set_result_id(sig: Signature, task_id: str) -> None:
         sig.options["task_id"] = task_id
 
 
-def _first_task(sig: Signature) -> Signature | None:
-    """The plain task that a canvas starts with, where it has one."""
-    while isinstance(sig, chain):
-        sig = sig.tasks[0]
-    return None if isinstance(sig, _Canvas) else sig
+def _first_tasks(sig: Signature) -> list[Signature]:
+    """The plain tasks a canvas starts with (a group's or a chord header's: each member's)."""
+    if isinstance(sig, chain):
+        return _first_tasks(sig.tasks[0]) if sig.tasks else []
+    if isinstance(sig, group):
+        return [first for member in sig.tasks for first in _first_tasks(member)]
+    if isinstance(sig, chord):
+        return _first_tasks(sig.header)
+    return [sig]
 
 
 def _set_parent(sig: Signature, result: AnyResult, previous: AnyResult) -> None:
     _link_parent(result, previous)
-    first = _first_task(sig)
-    if first is not None and isinstance(previous, AsyncResult):
-        first.options["parent_id"] = previous.id
+    if isinstance(previous, AsyncResult):
+        for first in _first_tasks(sig):
+            first.options["parent_id"] = previous.id
 
 
 def _link_parent(result: AnyResult, parent: AnyResult) -> None:

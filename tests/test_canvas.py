@@ -391,3 +391,26 @@ def test_the_count_and_the_success_commit_together(monkeypatch):
     assert TaskGroup.objects.get(group_id=c.parent.id).chord_state == "FAILURE"
     with pytest.raises(ChordError, match=header.id):
         c.get(timeout=10)
+
+
+def test_groups_are_purged_with_their_tasks():
+    import datetime as dt
+
+    from django_tasks.store import purge_finished
+
+    done = group(tasks.add.s(1, 1), tasks.add.s(2, 2)).apply_async()
+    chorded = chord([tasks.add.s(1, 1)], tasks.tsum.s()).apply_async()
+    drain()
+    waiting = group(tasks.add.s(3, 3)).apply_async()
+    assert purge_finished(dt.timedelta(0)) == 4  # the group's 2, the chord's header and body
+    assert not TaskGroup.objects.filter(group_id__in=[done.id, chorded.parent.id]).exists()
+    assert TaskGroup.objects.filter(group_id=waiting.id).exists()
+    assert GroupResult.restore(waiting.id) is not None
+
+
+def test_forgetting_a_group_deletes_it_and_its_results():
+    g = group(tasks.add.s(1, 1), tasks.add.s(2, 2)).apply_async()
+    drain()
+    g.forget()
+    assert GroupResult.restore(g.id) is None
+    assert not TaskResult.objects.filter(group_id=g.id).exists()
