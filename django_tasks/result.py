@@ -65,15 +65,21 @@ class AsyncResult:
 
         Known from sending; for a result made from an id, read from the stored row."""
         if self._parent is None:
-            options = self._field("options")
-            parent_id = options.get("parent_id") if isinstance(options, dict) else None
-            if isinstance(parent_id, str) and parent_id:
-                self._parent = AsyncResult(parent_id)
+            self._parent_from(self._row if self._row is not None else self._fetch())
         return self._parent
 
     @parent.setter
     def parent(self, value: AsyncResult | GroupResult | None) -> None:
         self._parent = value
+
+    def _parent_from(self, row: dict[str, Any] | None) -> AsyncResult | GroupResult | None:
+        """The parent, from ``row`` (this task's row, read already) if not known yet."""
+        if self._parent is None and row is not None:
+            options = row.get("options")
+            parent_id = options.get("parent_id") if isinstance(options, dict) else None
+            if isinstance(parent_id, str) and parent_id:
+                self._parent = AsyncResult(parent_id)
+        return self._parent
 
     @property
     def task_id(self) -> str:
@@ -243,7 +249,7 @@ class AsyncResult:
                 state = row["state"]
             if state in states.READY_STATES:
                 return self._outcome_for_get(row, propagate)
-            failed = self._failed_parent()
+            failed = self._failed_parent(row)
             if failed is not None:
                 return failed._outcome_for_get(failed._fetch(), propagate)
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -255,24 +261,23 @@ class AsyncResult:
 
     wait = get
 
-    def _parents(self) -> list[AsyncResult]:
-        """Every result this one waits on through its parents (a group's members too)."""
+    def _failed_parent(self, row: dict[str, Any] | None) -> AsyncResult | None:
+        """The first parent (oldest first) that failed or was revoked: a chain stopped there,
+        and this result (whose ``row`` was just read) will never be ready. Celery raises its
+        exception the same way. A task without parents costs no query."""
+        node = self._parent_from(row)
         found: list[AsyncResult] = []
-        node: AsyncResult | GroupResult | None = self.parent
         while node is not None:
             if isinstance(node, GroupResult):
+                node._refresh()  # one query for its unfinished members
                 found.extend(r for r in node.results if isinstance(r, AsyncResult))
+                node = node.parent
             else:
                 found.append(node)
-            node = node.parent
-        return found
-
-    def _failed_parent(self) -> AsyncResult | None:
-        """The first parent (oldest first) that failed or was revoked: a chain stopped there,
-        and this result will never be ready (Celery raises its exception the same way)."""
-        for parent in reversed(self._parents()):
-            row = parent._fetch()
-            if row is not None and row["state"] in states.PROPAGATE_STATES:
+                node = node._parent_from(node._fetch())
+        for parent in reversed(found):
+            parent_row = parent._row  # read just now (or ready, and kept)
+            if parent_row is not None and parent_row["state"] in states.PROPAGATE_STATES:
                 return parent
         return None
 
@@ -347,7 +352,7 @@ class EagerResult(AsyncResult):
         if on_message is not None:
             on_message(_meta(self._row))
         if self._row["state"] not in states.READY_STATES:
-            failed = self._failed_parent()
+            failed = self._failed_parent(self._row)
             if failed is not None:
                 return failed.get(propagate=propagate)
         if self._row["state"] in states.PROPAGATE_STATES and propagate:

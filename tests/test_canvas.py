@@ -414,3 +414,29 @@ def test_forgetting_a_group_deletes_it_and_its_results():
     g.forget()
     assert GroupResult.restore(g.id) is None
     assert not TaskResult.objects.filter(group_id=g.id).exists()
+
+
+def test_waiting_on_a_plain_task_costs_no_parent_queries(monkeypatch):
+    """Looking for a failed parent reads nothing more for a task without parents."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from django_tasks.exceptions import TimeoutError
+    from django_tasks.store import notify
+
+    waits = []
+    real_waiter = notify.waiter
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def wait(self, *args, **kwargs):
+            waits.append(1)
+            return self.inner.wait(*args, **kwargs)
+
+    monkeypatch.setattr(notify, "waiter", lambda: Counting(real_waiter()))
+    res = tasks.add.delay(1, 1)
+    with CaptureQueriesContext(connection) as captured, pytest.raises(TimeoutError):
+        AsyncResult(res.id).get(timeout=0.1)
+    assert len(captured.captured_queries) == len(waits) + 1  # one read of the row per look
