@@ -448,7 +448,8 @@ class GroupResult:
             if isinstance(result, GroupResult):
                 found.extend(result._states())
             else:
-                found.append(result.state)
+                row = result._row  # read just now by _refresh() (or kept: ready or eager)
+                found.append(row["state"] if row else states.PENDING)
         return found
 
     def ready(self) -> bool:

@@ -440,3 +440,23 @@ def test_waiting_on_a_plain_task_costs_no_parent_queries(monkeypatch):
     with CaptureQueriesContext(connection) as captured, pytest.raises(TimeoutError):
         AsyncResult(res.id).get(timeout=0.1)
     assert len(captured.captured_queries) == len(waits) + 1  # one read of the row per look
+
+
+def test_revoking_the_header_fails_the_chord():
+    c = chord([tasks.record.s("a"), tasks.record.s("b")], tasks.record_body.s()).apply_async()
+    c.parent.results[0].revoke()
+    drain()
+    with pytest.raises(ChordError, match=f"{c.parent.results[0].id} was revoked"):
+        c.get(timeout=10)
+    assert list(Run.objects.values_list("label", flat=True)) == ["b"]
+
+
+def test_group_state_methods_read_all_members_in_one_query():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    g = group(tasks.add.s(i, i) for i in range(20)).apply_async()
+    restored = GroupResult.restore(g.id)
+    with CaptureQueriesContext(connection) as captured:
+        assert restored.completed_count() == 0
+    assert len(captured.captured_queries) == 1
