@@ -460,3 +460,20 @@ def test_group_state_methods_read_all_members_in_one_query():
     with CaptureQueriesContext(connection) as captured:
         assert restored.completed_count() == 0
     assert len(captured.captured_queries) == 1
+
+
+def test_a_header_task_lost_with_its_worker_fails_the_chord():
+    """The lost-worker rule records the failure outside the worker's own write (the chord
+    is found from the row); the chord fails with it, naming the task."""
+    from django_tasks import store
+    from django_tasks.exceptions import WorkerLostError
+
+    c = chord([tasks.add.s(1, 1), tasks.add.s(2, 2)], tasks.tsum.s()).apply_async()
+    lost = c.parent.results[0]
+    claimed = store.claim(store.Claim(["default"], 10, "dead-worker", 30.0, "gone", [lost.id]))
+    assert [t.task_id for t in claimed] == [lost.id]
+    assert store.recover_lost(lambda name: False, ["dead-worker"]) == 1
+    assert isinstance(lost.result, WorkerLostError)
+    drain()
+    with pytest.raises(ChordError, match=lost.id):
+        c.get(timeout=10)
