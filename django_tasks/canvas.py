@@ -78,8 +78,15 @@ class _Canvas(Signature):
     def clone(
         self, args: tuple | list = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Signature:
+        """A deep copy, ``args``/``kwargs`` given to the tasks it starts with (a chain's
+        first step, each task of a group or a chord's header), options merged."""
         copied = copy.deepcopy(self)
         copied.options.update(options)
+        if args or kwargs:
+            for first in _first_tasks(copied):
+                if not first.immutable:
+                    first["args"] = [*args, *first.args]
+                    first["kwargs"] = {**first.kwargs, **(kwargs or {})}
         return copied
 
     @property
@@ -94,7 +101,19 @@ class _Canvas(Signature):
         return self.apply_async(args, kwargs)
 
     def _eager(self, options: dict[str, Any]) -> bool:
-        return bool(tasks_settings.TASK_ALWAYS_EAGER) and not options.get("on_commit")
+        return bool(tasks_settings.TASK_ALWAYS_EAGER)
+
+    def _apply_eagerly(
+        self, args: tuple | list, kwargs: dict[str, Any] | None, options: dict[str, Any]
+    ) -> AnyResult:
+        """``TASK_ALWAYS_EAGER``: run it here, now or (``on_commit``) once the transaction
+        commits; until then its results read ``PENDING``."""
+        if not options.pop("on_commit", False):
+            return self.apply(args, kwargs, **options)
+        sent = copy.deepcopy(self)
+        pending = _pending_like(sent.freeze())  # the ids the run will use
+        transaction.on_commit(lambda: _take(pending, sent.apply(args, kwargs, **options)))
+        return pending
 
 
 class chain(_Canvas):
@@ -187,7 +206,7 @@ class chain(_Canvas):
     ) -> AnyResult:
         """Send the first step (with ``args``); each next step follows as its link."""
         if self._eager(options):
-            return self.apply(args, kwargs, **options)
+            return self._apply_eagerly(args, kwargs, options)
         sent, options, result = self._prepared(options)
         steps = sent.tasks
         for before, after in zip(reversed(steps[:-1]), reversed(steps[1:]), strict=True):
@@ -294,7 +313,8 @@ class group(_Canvas):
     ) -> GroupResult:
         """Store the group and send its tasks, all or nothing, in one transaction."""
         if self._eager(options):
-            return self.apply(args, kwargs, **options)
+            eager: GroupResult = self._apply_eagerly(args, kwargs, options)
+            return eager
         sent, options, result = self._prepared(options)
         sent.send(result, args, kwargs, options)
         return result
@@ -421,7 +441,7 @@ class chord(_Canvas):
     ) -> AnyResult:
         """Store the chord and send its header; the body follows the last header success."""
         if self._eager(options):
-            return self.apply(args, kwargs, **options)
+            return self._apply_eagerly(args, kwargs, options)
         header, body, options, result = self._prepared(options)
         header.send(_parent_of(result), args, kwargs, options, chord_body=body)
         return result
@@ -537,6 +557,29 @@ def _pending_result(sig: Signature) -> AnyResult:
     if isinstance(frozen, GroupResult):
         return frozen
     return EagerResult(frozen.id, states.PENDING, None, task_name=frozen.name)
+
+
+def _pending_like(result: AnyResult) -> AnyResult:
+    """``PENDING`` eager results with the ids and shape of ``result`` (and its parents)."""
+    if result is None:
+        return None
+    parent = _pending_like(result._parent)
+    if isinstance(result, GroupResult):
+        return GroupResult(result.id, [_pending_like(r) for r in result.results], parent)
+    pending = EagerResult(result.id, states.PENDING, None, task_name=result._task_name)
+    pending._parent = parent
+    return pending
+
+
+def _take(pending: AnyResult, actual: AnyResult) -> None:
+    """Make the ``PENDING`` stand-ins ``pending`` become what was run, ``actual``."""
+    if pending is None or actual is None:
+        return
+    if isinstance(pending, GroupResult):
+        pending.results = list(actual.results)
+    else:
+        pending.take(actual)
+    pending._parent = actual._parent
 
 
 def _failed_result(sig: Signature, exc: BaseException) -> EagerResult:

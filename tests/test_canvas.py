@@ -477,3 +477,29 @@ def test_a_header_task_lost_with_its_worker_fails_the_chord():
     drain()
     with pytest.raises(ChordError, match=lost.id):
         c.get(timeout=10)
+
+
+def test_cloning_a_canvas_gives_the_arguments_to_the_tasks_it_starts_with(mode):
+    partial = chain(tasks.add.s(1), tasks.mul.s(10)).clone((4,))
+    assert partial.tasks[0].args == [4, 1] and partial.tasks[1].args == [10]
+    g = group(tasks.add.s(1), tasks.add.si(5, 5)).clone((2,))
+    assert [t.args for t in g.tasks] == [[2, 1], [5, 5]]
+    res = partial.apply_async()
+    drain()
+    assert res.get(timeout=10) == 50
+
+
+def test_eager_canvases_sent_on_commit_run_when_the_transaction_commits(
+    settings, django_capture_on_commit_callbacks
+):
+    settings.DJANGO_TASKS = {"TASK_ALWAYS_EAGER": True}
+    with django_capture_on_commit_callbacks(execute=True):
+        res = chain(tasks.add.s(2, 2), tasks.add.s(4)).apply_async(on_commit=True)
+        g = group(tasks.add.s(1, 1), tasks.add.s(2, 2)).apply_async(on_commit=True)
+        c = chord([tasks.add.s(1, 1)], tasks.tsum.s()).apply_async(on_commit=True)
+        assert (res.state, c.state) == (states.PENDING, states.PENDING)
+        assert not g.ready()
+    assert res.get() == 8 and res.parent.get() == 4
+    assert g.get() == [2, 4]
+    assert c.get() == 2 and c.parent.get() == [2]
+    assert not TaskResult.objects.exists()
