@@ -109,8 +109,11 @@ def purge_groups(cutoff: dt.datetime) -> int:
 
 def advance_chords(ended: Iterable[Ended]) -> None:
     """Count header outcomes into their chords, in the caller's transaction: a success takes
-    one off the counter (the last sends the body); a failure or revoke fails the chord."""
-    for task in ended:
+    one off the counter (the last sends the body); a failure or revoke fails the chord.
+
+    Chords are locked in the order of their ids, so two writers whose batches hold tasks of
+    the same chords cannot deadlock on their rows."""
+    for task in sorted(ended, key=lambda t: t.chord or ""):
         if task.chord is None:
             continue
         if task.state == states.SUCCESS:
