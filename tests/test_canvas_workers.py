@@ -5,7 +5,7 @@ import pytest
 
 from django_tasks import chord, group, states
 from django_tasks.models import TaskGroup, TaskResult
-from tests.conftest import wait_until
+from tests.conftest import on_broker, wait_until
 from tests.taskapp import tasks
 from tests.taskapp.models import Run
 
@@ -99,3 +99,31 @@ def test_a_body_whose_publish_is_lost_after_the_commit_is_sent_by_the_relay(monk
     assert lost == [c.id]
     assert c.get(timeout=10) == 6
     assert TaskResult.objects.filter(task_id=c.id).count() == 1
+
+
+def test_a_worker_killed_right_after_deciding_a_chord_has_sent_its_body(start_worker, tmp_path):
+    """The exact window: the last header outcome (and the body's send) committed, then the
+    worker dies before anything else, a broker publish of the body included."""
+    marker = tmp_path / "died"
+    c = chord([tasks.add.s(1, 1), tasks.add.s(2, 2)], tasks.record_body.s()).apply_async()
+    first = start_worker(
+        "--concurrency",
+        "1",
+        lease_seconds=1.5,
+        env={"DJANGO_TASKS_TEST_DIE_AFTER_CHORD": str(marker)},
+    )
+    wait_until(marker.exists, timeout=60, what="the worker to decide the chord and die")
+    assert first.proc.wait(10) is not None
+    assert TaskGroup.objects.get(group_id=c.parent.id).chord_state == "SENT"
+    body = TaskResult.objects.get(task_id=c.id)  # committed with the last header outcome
+    if on_broker():
+        assert not body.dispatched  # its message was never published: the relay sends it
+    second = start_worker("--concurrency", "1", lease_seconds=1.5)
+    try:
+        assert c.get(timeout=60) == [2, 4]
+    except Exception as exc:
+        raise AssertionError(
+            f"no body ({exc!r}); the second worker said:\n{second.output()}"
+        ) from None
+    assert Run.objects.filter(label="body:2").count() == 1
+    assert [r.get(timeout=1) for r in c.parent.results] == [2, 4]
