@@ -251,7 +251,12 @@ class AsyncResult:
                 return self._outcome_for_get(row, propagate)
             failed = self._failed_parent(row)
             if failed is not None:
-                return failed._outcome_for_get(failed._fetch(), propagate)
+                # A chord's body is failed (ChordError) with its header task's failure: read
+                # it again, in case that commit came between the two reads.
+                row = self._fetch()
+                if row is not None and row["state"] in states.READY_STATES:
+                    return self._outcome_for_get(row, propagate)
+                return failed._outcome_for_get(failed._row, propagate)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError("The operation timed out.")

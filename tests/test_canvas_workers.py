@@ -127,3 +127,16 @@ def test_a_worker_killed_right_after_deciding_a_chord_has_sent_its_body(start_wo
         ) from None
     assert Run.objects.filter(label="body:2").count() == 1
     assert [r.get(timeout=1) for r in c.parent.results] == [2, 4]
+
+
+def test_a_header_task_killed_at_its_time_limit_fails_the_chord(start_worker):
+    """The worker's watchdog records that failure (not the task's own run): it counts too."""
+    from django_tasks.exceptions import ChordError, TimeLimitExceeded
+
+    slow = tasks.sleep_then_record.s(30, "slow").set(time_limit=1)
+    c = chord([slow, tasks.add.s(1, 1)], tasks.record_body.s()).apply_async()
+    start_worker("--concurrency", "1")
+    with pytest.raises(ChordError, match=c.parent.results[0].id):
+        c.get(timeout=60)
+    assert isinstance(c.parent.results[0].result, TimeLimitExceeded)
+    assert not Run.objects.filter(label__startswith="body").exists()
