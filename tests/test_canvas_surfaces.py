@@ -39,8 +39,12 @@ def test_the_admin_shows_a_group_and_its_progress(admin_client):
     changelist = reverse("admin:django_tasks_taskresult_changelist")
     assert f'href="{changelist}?group_id={g.id}"' in page
     assert "3 of 3 done" in page
-    listed = admin_client.get(f"{changelist}?group_id={g.id}").content.decode()
+    other = tasks.add.delay(5, 5)
+    response = admin_client.get(f"{changelist}?group_id={g.id}")
+    assert response.status_code == 200
+    listed = response.content.decode()
     assert all(r.id[:8] in listed for r in g.results)
+    assert other.id[:8] not in listed
 
 
 def test_the_admin_shows_progress_of_an_unfinished_group(admin_client):
