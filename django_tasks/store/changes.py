@@ -120,10 +120,10 @@ DEADLOCK_ATTEMPTS = 3
 def _record_batch(
     changes: list[StateChange], worker: str, lease_token: str | None, guard: Q | None
 ) -> int:
-    # Inside a caller's transaction a savepoint keeps a refused batch from breaking it; in
-    # autocommit a refused statement changes nothing.
     # A chord's header outcomes are written one by one, to know which applied and count them.
     batched = guard is None and not any(c.chord for c in changes)
+    # Inside a caller's transaction a savepoint keeps a refused batch from breaking it; in
+    # autocommit a refused statement changes nothing.
     with transaction.atomic() if connection.in_atomic_block else nullcontext():
         try:
             return _record(changes, worker, lease_token, guard, batched=batched)
