@@ -358,6 +358,8 @@ def test_a_group_is_sent_all_or_nothing():
     tasks.add.apply_async((1, 1), task_id="taken")
     with pytest.raises(ValueError, match="taken"):
         group(tasks.add.s(1, 1), tasks.add.s(2, 2).set(task_id="taken")).apply_async()
+    with pytest.raises(ValueError, match="twice"):
+        group(tasks.add.si(1, 1).set(task_id="twice"), tasks.add.si(2, 2).set(task_id="twice"))()
     with pytest.raises(TypeError, match="add"):
         group(tasks.add.s(1, 1), tasks.add.s(1, 2, 3)).apply_async()
     assert TaskResult.objects.count() == 1
