@@ -35,5 +35,9 @@ class DjangoTasksConfig(AppConfig):
                 f"Uninstall one: 'pip uninstall django-tasks' keeps django-kombu-tasks."
             )
         from . import checks  # noqa: F401 - registers the system checks
+        from .canvas import chord_failed, send_chord_body
+        from .store import set_chord_handlers
+
+        set_chord_handlers(send_chord_body, chord_failed)
 
         autodiscover_modules("tasks")

@@ -6,6 +6,7 @@ from typing import Any
 from kombu.exceptions import EncodeError, OperationalError
 
 __all__ = [
+    "ChordError",
     "EncodeError",
     "ImproperlyConfiguredTask",
     "MaxRetriesExceededError",
@@ -115,3 +116,7 @@ def _rebuild_retry(
         kwargs_override=kwargs_override,
         options=options,
     )
+
+
+class ChordError(TaskError):
+    """A chord's header task failed (or was revoked), so its body never runs."""

@@ -136,6 +136,12 @@ class TaskResult(models.Model):
     # NULL, not "", marks an unleased row: the claim index is partial on it.
     lease_token = models.CharField(max_length=32, null=True, blank=True, editable=False)  # noqa: DJ001
     lease_expires = models.DateTimeField(null=True, blank=True, editable=False)
+    # The canvas: the chain step before this one, the group it belongs to (and its place in
+    # it), and the chord whose header it is part of. Ids, not keys: each may be sent later.
+    parent_id = models.CharField("parent id", max_length=255, null=True, blank=True)  # noqa: DJ001
+    group_id = models.CharField("group id", max_length=255, null=True, blank=True)  # noqa: DJ001
+    group_index = models.PositiveIntegerField("group index", null=True, blank=True)
+    chord_id = models.CharField("chord id", max_length=255, null=True, blank=True)  # noqa: DJ001
 
     objects = TaskResultQuerySet.as_manager()
 
@@ -172,6 +178,12 @@ class TaskResult(models.Model):
                 fields=["expires"],
                 condition=Q(expires__isnull=False, state__in=CLAIMABLE_STATES),
                 name="django_tasks_expires_idx",
+            ),
+            # A group's tasks in order (progress, a chord's results); only canvas rows.
+            models.Index(
+                fields=["group_id", "group_index"],
+                condition=Q(group_id__isnull=False),
+                name="django_tasks_group_idx",
             ),
         ]
 
@@ -210,3 +222,50 @@ class TaskStateChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.state} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class TaskGroup(models.Model):
+    """A group as sent: its tasks' ids in order; for a chord, its body and its counter.
+
+    A chord's ``remaining`` counts the header tasks that have not succeeded yet. The write
+    that records a header task's success decrements it in the same transaction, and the one
+    that brings it to zero sends the body there too: the body is sent exactly once.
+    """
+
+    #: Chord states: waiting for its header, body sent, failed (a header task did not
+    #: succeed), revoked.
+    CHORD_PENDING = "PENDING"
+    CHORD_SENT = "SENT"
+    CHORD_FAILED = "FAILURE"
+    CHORD_REVOKED = "REVOKED"
+    CHORD_STATES = [(s, s) for s in (CHORD_PENDING, CHORD_SENT, CHORD_FAILED, CHORD_REVOKED)]
+
+    group_id = models.CharField("group id", max_length=255, unique=True)
+    task_ids = models.JSONField("task ids", default=list, help_text="In the group's order.")
+    size = models.PositiveIntegerField(default=0)
+    date_created = models.DateTimeField("created")
+    # Chords only.
+    body = _json_field(help_text="The chord's body: a signature.")
+    body_task_id = models.CharField(  # noqa: DJ001
+        "body task id", max_length=255, null=True, blank=True, db_index=True
+    )
+    remaining = models.IntegerField(null=True, blank=True)
+    chord_state = models.CharField(  # noqa: DJ001
+        "chord state", max_length=20, null=True, blank=True, choices=CHORD_STATES
+    )
+    failed_task_id = models.CharField(  # noqa: DJ001
+        "failed task id", max_length=255, null=True, blank=True
+    )
+    date_done = models.DateTimeField("done", null=True, blank=True)
+
+    class Meta:
+        verbose_name = "task group"
+        ordering = ["-date_created", "-id"]
+
+    def __str__(self) -> str:
+        kind = "chord" if self.chord_state else "group"
+        return f"{kind} {self.group_id} ({self.size} tasks)"
+
+    @property
+    def is_chord(self) -> bool:
+        return self.chord_state is not None

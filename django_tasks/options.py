@@ -76,8 +76,16 @@ CALL_OPTIONS = frozenset(
         "owner",
         "time_limit",
         "soft_time_limit",
+        # Canvas membership, set by chains, groups and chords (Celery's names).
+        "parent_id",
+        "group_id",
+        "group_index",
+        "chord",
     }
 )
+
+#: The call options that say where a task stands in a canvas; stored with the task.
+CANVAS_OPTIONS = ("parent_id", "group_id", "group_index", "chord")
 
 #: The options of ``Task.retry()`` beyond ``args``/``kwargs``/``exc``/``throw``/``eta``/
 #: ``countdown``/``max_retries``.
@@ -189,6 +197,18 @@ def check_task_id(where: str, value: Any) -> str:
     if problem is not None:
         raise ValueError(f"{where}: task_id {_shown(value)} {problem}")
     return value
+
+
+def check_canvas_option(where: str, option: str, value: Any) -> Any:
+    """A canvas option: ``group_index`` a non-negative int, the others ids (as ``task_id``)."""
+    if option == "group_index":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise TypeError(f"{where}: group_index must be an int >= 0, not {safe_repr(value)}")
+        return value
+    try:
+        return check_task_id(where, value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(str(exc).replace("task_id", option, 1)) from None
 
 
 def owner_key(where: str, owner: Any) -> Any:
@@ -454,6 +474,9 @@ def build_outgoing(
         sigs = as_signatures(where, option, options.get(option))
         if sigs:
             extra[option] = sigs
+    for option in CANVAS_OPTIONS:
+        if options.get(option) is not None:
+            extra[option] = check_canvas_option(where, option, options[option])
     if time_limit is not None:
         extra["time_limit"] = time_limit
     if soft_time_limit is not None:

@@ -35,14 +35,21 @@ ROW_FIELDS = (
     "worker",
     "options",
 )
-__all__ = ["AsyncResult", "EagerResult", "signal_number"]
+__all__ = ["AsyncResult", "EagerResult", "GroupResult", "signal_number"]
+
+_UNREAD = object()
 
 
 class AsyncResult:
     """A task's state and outcome, read from the database by task id."""
 
     def __init__(
-        self, id: str, task_name: str | None = None, *, ignore_result: bool = False
+        self,
+        id: str,
+        task_name: str | None = None,
+        *,
+        ignore_result: bool = False,
+        parent: AsyncResult | GroupResult | None = None,
     ) -> None:
         if not isinstance(id, str) or not id:
             raise ValueError(f"AsyncResult needs a task id string, not {id!r}")
@@ -50,6 +57,29 @@ class AsyncResult:
         self._task_name = task_name
         self._ignore_result = ignore_result
         self._row: dict[str, Any] | None = None
+        self._parent: AsyncResult | GroupResult | None = parent
+
+    @property
+    def parent(self) -> AsyncResult | GroupResult | None:
+        """The result of the chain step before this one (for a chord's body: its header).
+
+        Known from sending; for a result made from an id, read from the stored row."""
+        if self._parent is None:
+            self._parent_from(self._row if self._row is not None else self._fetch())
+        return self._parent
+
+    @parent.setter
+    def parent(self, value: AsyncResult | GroupResult | None) -> None:
+        self._parent = value
+
+    def _parent_from(self, row: dict[str, Any] | None) -> AsyncResult | GroupResult | None:
+        """The parent, from ``row`` (this task's row, read already) if not known yet."""
+        if self._parent is None and row is not None:
+            options = row.get("options")
+            parent_id = options.get("parent_id") if isinstance(options, dict) else None
+            if isinstance(parent_id, str) and parent_id:
+                self._parent = AsyncResult(parent_id)
+        return self._parent
 
     @property
     def task_id(self) -> str:
@@ -219,6 +249,14 @@ class AsyncResult:
                 state = row["state"]
             if state in states.READY_STATES:
                 return self._outcome_for_get(row, propagate)
+            failed = self._failed_parent(row)
+            if failed is not None:
+                # A chord's body is failed (ChordError) with its header task's failure: read
+                # it again, in case that commit came between the two reads.
+                row = self._fetch()
+                if row is not None and row["state"] in states.READY_STATES:
+                    return self._outcome_for_get(row, propagate)
+                return failed._outcome_for_get(failed._row, propagate)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError("The operation timed out.")
@@ -227,6 +265,26 @@ class AsyncResult:
             sleep = min(sleep * 2, interval)
 
     wait = get
+
+    def _failed_parent(self, row: dict[str, Any] | None) -> AsyncResult | None:
+        """The first parent (oldest first) that failed or was revoked: a chain stopped there,
+        and this result (whose ``row`` was just read) will never be ready. Celery raises its
+        exception the same way. A task without parents costs no query."""
+        node = self._parent_from(row)
+        found: list[AsyncResult] = []
+        while node is not None:
+            if isinstance(node, GroupResult):
+                node._refresh()  # one query for its unfinished members
+                found.extend(r for r in node.results if isinstance(r, AsyncResult))
+                node = node.parent
+            else:
+                found.append(node)
+                node = node._parent_from(node._fetch())
+        for parent in reversed(found):
+            parent_row = parent._row  # read just now (or ready, and kept)
+            if parent_row is not None and parent_row["state"] in states.PROPAGATE_STATES:
+                return parent
+        return None
 
     def _outcome_for_get(self, row: dict[str, Any] | None, propagate: bool) -> Any:
         outcome = _outcome(row)
@@ -298,6 +356,10 @@ class EagerResult(AsyncResult):
     ) -> Any:
         if on_message is not None:
             on_message(_meta(self._row))
+        if self._row["state"] not in states.READY_STATES:
+            failed = self._failed_parent(self._row)
+            if failed is not None:
+                return failed.get(propagate=propagate)
         if self._row["state"] in states.PROPAGATE_STATES and propagate:
             raise self._result
         return self._result
@@ -309,6 +371,157 @@ class EagerResult(AsyncResult):
 
     def revoke(self, terminate: bool = False, signal: str | int | None = None) -> bool:
         return False
+
+
+class GroupResult:
+    """The results of a group's tasks, in the group's order (Celery's ``GroupResult``)."""
+
+    def __init__(
+        self,
+        id: str,
+        results: list[Any] | None = None,
+        parent: AsyncResult | GroupResult | None = None,
+    ) -> None:
+        self.id = id
+        self.results: list[Any] = list(results or [])
+        self._parent = parent
+
+    @property
+    def parent(self) -> AsyncResult | GroupResult | None:
+        return self._parent
+
+    @parent.setter
+    def parent(self, value: AsyncResult | GroupResult | None) -> None:
+        self._parent = value
+
+    children = property(lambda self: self.results)
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Any:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.results[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, GroupResult):
+            return self.id == other.id and self.results == other.results
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @classmethod
+    def restore(cls, id: str) -> GroupResult | None:
+        """The group sent as ``id`` (stored when it was sent), or None if unknown."""
+        from .store import group_task_ids
+
+        task_ids = group_task_ids(id)
+        if task_ids is None:
+            return None
+        return cls(id, [AsyncResult(task_id) for task_id in task_ids])
+
+    def save(self) -> GroupResult:
+        """Nothing to do: a group is stored when it is sent (Celery needs ``save()``)."""
+        return self
+
+    def _refresh(self) -> None:
+        """Read every unfinished member's row in one query."""
+        from .store.sql import fetch_by_task_ids
+
+        stale = [
+            r
+            for r in self.results
+            if type(r) is AsyncResult
+            and not (r._row is not None and r._row["state"] in states.READY_STATES)
+        ]
+        if not stale:
+            return
+        rows = fetch_by_task_ids([r.id for r in stale], ROW_FIELDS)
+        for result in stale:
+            result._row = rows.get(result.id)
+
+    def _states(self) -> list[str]:
+        self._refresh()
+        found = []
+        for result in self.results:
+            if isinstance(result, GroupResult):
+                found.extend(result._states())
+            else:
+                row = result._row  # read just now by _refresh() (or kept: ready or eager)
+                found.append(row["state"] if row else states.PENDING)
+        return found
+
+    def ready(self) -> bool:
+        """All tasks have finished (successfully or not)."""
+        return all(state in states.READY_STATES for state in self._states())
+
+    def successful(self) -> bool:
+        """All tasks have succeeded."""
+        return all(state == states.SUCCESS for state in self._states())
+
+    def failed(self) -> bool:
+        """Some task has failed."""
+        return any(state == states.FAILURE for state in self._states())
+
+    def waiting(self) -> bool:
+        """Some task has not finished yet."""
+        return not self.ready()
+
+    def completed_count(self) -> int:
+        """How many tasks have succeeded."""
+        return sum(state == states.SUCCESS for state in self._states())
+
+    def revoke(self, terminate: bool = False, signal: str | int | None = None) -> None:
+        """Revoke every task that has not run yet (``terminate``: as ``AsyncResult.revoke``)."""
+        for result in self.results:
+            result.revoke(terminate=terminate, signal=signal)
+
+    def forget(self) -> None:
+        """Delete the stored results and the group."""
+        from .store import forget_group
+
+        for result in self.results:
+            result.forget()
+        forget_group(self.id)
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any]:
+        """Wait for every task; their values in the group's order (see :meth:`join`)."""
+        return self.join(timeout, propagate, interval, disable_sync_subtasks)
+
+    def join(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any]:
+        """Wait for each task in turn; ``timeout`` covers them all. With ``propagate`` the
+        first failure met (in the group's order) is raised."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            values.append(
+                result.get(
+                    timeout=remaining,
+                    propagate=propagate,
+                    interval=interval,
+                    disable_sync_subtasks=disable_sync_subtasks,
+                )
+            )
+        return values
 
 
 def signal_number(value: str | int | None) -> int:

@@ -6,11 +6,15 @@ as a ``link`` or ``link_error``.
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .result import AsyncResult
+    from .result import EagerResult, GroupResult
     from .task import Task
+
+#: A sent canvas: the result of a task, or of a group (``GroupResult``).
+AnyResult = Any
 
 
 class Signature(dict):
@@ -51,10 +55,19 @@ class Signature(dict):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Signature:
+        """The signature a dict describes: a task's, or a chain's, group's or chord's."""
         if isinstance(data, Signature):
             return data
         if not isinstance(data, dict) or not isinstance(data.get("task"), str):
             raise TypeError(f"not a signature: {data!r}")
+        kind = data.get("subtask_type")
+        if kind:
+            from .canvas import SUBTASK_TYPES
+
+            maker = SUBTASK_TYPES.get(kind)
+            if maker is None:
+                raise TypeError(f"unknown signature type {kind!r} in {data!r}")
+            return maker.from_dict(data)
         return cls(
             data["task"],
             data.get("args"),
@@ -111,12 +124,81 @@ class Signature(dict):
 
     def apply_async(
         self, args: tuple | list = (), kwargs: dict[str, Any] | None = None, **options: Any
-    ) -> AsyncResult:
+    ) -> AnyResult:
+        """Send the task with ``args`` prepended (unless immutable); returns its result."""
         sig = self.clone(args, kwargs)
         return self.type.apply_async(sig.args, sig.kwargs, **{**sig.options, **options})
 
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    def apply(
+        self, args: tuple | list = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> EagerResult | GroupResult:
+        """Run it in this process (eagerly), as ``Task.apply`` does."""
+        sig = self.clone(args, kwargs)
+        return self.type.apply(sig.args, sig.kwargs, **{**sig.options, **options})
+
+    def delay(self, *args: Any, **kwargs: Any) -> AnyResult:
         return self.apply_async(args, kwargs)
+
+    # -- canvas -------------------------------------------------------------------------------
+
+    def freeze(self) -> AnyResult:
+        """Give it its task id now (kept if it has one) and return its result, unsent."""
+        from .result import AsyncResult
+
+        task_id = self.options.setdefault("task_id", str(uuid.uuid4()))
+        return AsyncResult(task_id, task_name=self.task)
+
+    def set(self, **options: Any) -> Signature:
+        """Merge call options into this signature; returns it."""
+        self.options.update(options)
+        return self
+
+    def link(self, callback: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``callback`` when this succeeds, with the result prepended."""
+        self._append_option("link", callback)
+        return callback
+
+    def link_error(self, errback: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``errback`` when this fails."""
+        self._append_option("link_error", errback)
+        return errback
+
+    def _append_option(self, name: str, sig: dict[str, Any]) -> None:
+        current = self.options.get(name)
+        listed = (
+            [] if current is None else list(current) if isinstance(current, list) else [current]
+        )
+        self.options[name] = [*listed, sig]
+
+    def errbacks(self) -> list[dict[str, Any]]:
+        """The ``link_error`` signatures applied when this fails."""
+        current = self.options.get("link_error")
+        if current is None:
+            return []
+        return list(current) if isinstance(current, list | tuple) else [current]
+
+    def set_membership(
+        self, group_id: str | None, group_index: int | None, chord: str | None
+    ) -> None:
+        """Mark this as member ``group_index`` of group ``group_id`` (in chord ``chord``)."""
+        for name, value in (("group_id", group_id), ("group_index", group_index)):
+            if value is not None:
+                self.options[name] = value
+        if chord is not None:
+            self.options["chord"] = chord
+
+    def __or__(self, other: Any) -> Signature:
+        """``a | b``: a chain (a group followed by a task becomes a chord, as in Celery)."""
+        from .canvas import chain
+
+        if not isinstance(other, dict):
+            return NotImplemented
+        return chain(self, other).simplified()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
+        import copy
+
+        return Signature.from_dict({k: copy.deepcopy(v, memo) for k, v in self.items()})
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         sig = self.clone(args, kwargs)

@@ -46,7 +46,7 @@ from .options import (
 from .registry import tasks_registry
 from .result import AsyncResult, EagerResult
 from .signature import Signature
-from .transports import get_transport
+from .transports import OutgoingTask, get_transport
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -229,17 +229,32 @@ class Task(Generic[P, R]):
             pending = EagerResult(options["task_id"], states.PENDING, None, task_name=self.name)
             transaction.on_commit(lambda: pending.take(self.apply(args, kwargs, **options)))
             return pending
-        outgoing = build_outgoing(self, where, list(args), kwargs, options)
+        outgoing, retry, policy = self._prepare_send(where, args, kwargs, options)
         transport = get_transport()
-        retry = options.get("retry")
-        retry = tasks_settings.TASK_PUBLISH_RETRY if retry is None else bool(retry)
-        policy = check_retry_policy(where, options.get("retry_policy") or {})
         if options.get("on_commit"):
             transport.send_on_commit(outgoing, retry=retry, retry_policy=policy)
         else:
             transport.send(outgoing, retry=retry, retry_policy=policy)
         ignore_result = bool(outgoing.options and outgoing.options.get("ignore_result"))
         return AsyncResult(outgoing.task_id, task_name=self.name, ignore_result=ignore_result)
+
+    def _prepare_send(
+        self, where: str, args: tuple | list, kwargs: dict[str, Any], options: dict[str, Any]
+    ) -> tuple[OutgoingTask, bool, dict[str, Any]]:
+        """The checked, encoded task to send, and the publish ``retry`` and policy."""
+        outgoing = build_outgoing(self, where, list(args), kwargs, options)
+        retry = options.get("retry")
+        retry = tasks_settings.TASK_PUBLISH_RETRY if retry is None else bool(retry)
+        policy = check_retry_policy(where, options.get("retry_policy") or {})
+        return outgoing, retry, policy
+
+    def prepare_member(
+        self, args: tuple | list, kwargs: dict[str, Any], options: dict[str, Any]
+    ) -> tuple[OutgoingTask, bool, dict[str, Any]]:
+        """A group member, checked and encoded as ``apply_async`` would, to send in bulk."""
+        where = f"{self.name}.apply_async()"
+        args, kwargs = self._check_call(where, args, kwargs, options)
+        return self._prepare_send(where, args, kwargs, options)
 
     # -- eager execution ----------------------------------------------------------------------
 

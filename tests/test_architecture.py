@@ -26,7 +26,7 @@ ALWAYS_WRITES = {"bulk_create", "bulk_update", "update_or_create", "get_or_creat
 WRITES_ON_MODELS = {"update", "delete", "create", "save"}
 
 #: A receiver (or what a local name was assigned from) that is the task models' ORM.
-ORM = re.compile(r"\b(?:TaskResult|TaskStateChange|objects)\b|queryset", re.IGNORECASE)
+ORM = re.compile(r"\b(?:TaskResult|TaskStateChange|TaskGroup|objects)\b|queryset", re.IGNORECASE)
 #: SQL that writes; applied to string literals (f-strings with ``{}`` for their fields).
 WRITE_SQL = re.compile(
     r"\bINSERT\s+(?:OR\s+\w+\s+|IGNORE\s+)?INTO\b"
@@ -218,6 +218,7 @@ def test_only_the_store_writes_task_rows() -> None:
     "source",
     [
         "TaskResult.objects.filter(pk=1).update(state='X')",
+        "TaskGroup.objects.filter(pk=1).update(remaining=0)",
         "def f():\n    qs = TaskResult.objects.all()\n    qs = qs.filter(a=1)\n    qs.delete()",
         "def f(rows: list[TaskResult]):\n    for row in rows:\n        row.save()",
         "def f():\n    rows = list(TaskResult.objects.all())\n    rows[0].delete()",

@@ -48,9 +48,9 @@ def package_dir() -> str:
 @functools.cache
 def task_tables() -> tuple[str, ...]:
     """The task tables' names, lower-cased (needs the app registry, so asked lazily)."""
-    from django_tasks.models import TaskResult, TaskStateChange
+    from django_tasks.models import TaskGroup, TaskResult, TaskStateChange
 
-    return tuple(m._meta.db_table.lower() for m in (TaskResult, TaskStateChange))
+    return tuple(m._meta.db_table.lower() for m in (TaskResult, TaskStateChange, TaskGroup))
 
 
 @functools.cache

@@ -14,12 +14,12 @@ from django.db.models import Count, Max, Min, Prefetch, QuerySet, Window
 from django.http import HttpRequest
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from .. import store
+from .. import states, store
 from ..api import values
 from ..api.values import usable_text
-from ..models import TaskResult, TaskResultQuerySet, TaskStateChange
+from ..models import TaskGroup, TaskResult, TaskResultQuerySet, TaskStateChange
 from . import display, views
 from .rerun import rerun
 
@@ -207,6 +207,7 @@ class TaskResultAdmin(admin.ModelAdmin):
                 )
             },
         ),
+        ("Canvas", {"fields": ("parent_link", "group_link", "chord_display")}),
         ("Arguments", {"fields": ("args_display", "kwargs_display")}),
         ("Outcome", {"fields": ("result_display", "meta_display", "traceback_display")}),
     )
@@ -363,6 +364,64 @@ class TaskResultAdmin(admin.ModelAdmin):
             display.links((self._change_url(pk), task_id) for pk, task_id in reruns)
             or display.EMPTY
         )
+
+    @admin.display(description="parent")
+    def parent_link(self, obj: TaskResult) -> str:
+        """The chain step before this one."""
+        return self._task_link(obj.parent_id) if obj.parent_id else display.EMPTY
+
+    @admin.display(description="group")
+    def group_link(self, obj: TaskResult) -> str:
+        """The group's tasks (a filtered list) and its progress: how many have finished."""
+        if not obj.group_id:
+            return display.EMPTY
+        size = TaskGroup.objects.filter(group_id=obj.group_id).values_list("size", flat=True)
+        members = TaskResult.objects.filter(group_id=obj.group_id)
+        total = size.first() or members.count()
+        done = members.filter(state__in=states.READY_STATES).count()
+        url = reverse(f"{self.admin_site.name}:django_tasks_taskresult_changelist")
+        return format_html(
+            '<a href="{}?group_id={}">{}</a> (task {} of {}), {} of {} done {}',
+            url,
+            obj.group_id,
+            obj.group_id,
+            (obj.group_index or 0) + 1,
+            total,
+            done,
+            total,
+            display.progress_bar(done, total) if total else "",
+        )
+
+    @admin.display(description="chord")
+    def chord_display(self, obj: TaskResult) -> str:
+        """The chord this task is in the header of, or whose body it is, and its state."""
+        chord = None
+        if obj.chord_id:
+            chord = TaskGroup.objects.filter(group_id=obj.chord_id).first()
+        if chord is None:
+            chord = TaskGroup.objects.filter(body_task_id=obj.task_id).first()
+        if chord is None or chord.chord_state is None:
+            return display.EMPTY
+        role = "body" if chord.body_task_id == obj.task_id else "header task"
+        state = {
+            TaskGroup.CHORD_PENDING: f"waiting for {chord.remaining} of {chord.size} header tasks",
+            TaskGroup.CHORD_SENT: "all header tasks succeeded; body sent",
+            TaskGroup.CHORD_FAILED: "failed: a header task did not succeed",
+            TaskGroup.CHORD_REVOKED: "revoked",
+        }.get(chord.chord_state, chord.chord_state)
+        parts = [format_html("{} ({}): {}", chord.group_id, role, state)]
+        if chord.body_task_id and role != "body":
+            parts.append(format_html("body: {}", self._task_link(chord.body_task_id)))
+        if chord.failed_task_id:
+            parts.append(format_html("failed: {}", self._task_link(chord.failed_task_id)))
+        return format_html_join("; ", "{}", ((part,) for part in parts))
+
+    def _task_link(self, task_id: str) -> str:
+        """A link to the task ``task_id``, or its id alone while it is not sent."""
+        pk = TaskResult.objects.filter(task_id=task_id).values_list("pk", flat=True).first()
+        if pk is None:
+            return format_html("{} (not sent yet)", task_id)
+        return display.links([(self._change_url(pk), task_id)])
 
     @admin.display(description="args")
     def args_display(self, obj: TaskResult) -> str:

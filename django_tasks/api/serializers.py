@@ -58,6 +58,12 @@ class TaskResultSerializer(serializers.ModelSerializer):
     args = serializers.SerializerMethodField()
     kwargs = serializers.SerializerMethodField()
     traceback = serializers.CharField(read_only=True, allow_null=True)
+    parent_id = serializers.CharField(
+        read_only=True, allow_null=True, help_text="The chain step before this one, if any."
+    )
+    group_id = serializers.CharField(
+        read_only=True, allow_null=True, help_text="The group (or chord header) it is part of."
+    )
 
     class Meta:
         model = TaskResult
@@ -74,6 +80,8 @@ class TaskResultSerializer(serializers.ModelSerializer):
             "queue",
             "meta",
             "states",
+            "parent_id",
+            "group_id",
             "args",
             "kwargs",
             "traceback",

@@ -8,9 +8,19 @@ to its jobs:
 * :mod:`.tasks`: sending (the ``INSERT``), revoke, forget, purge, bad-message rows;
 * :mod:`.leases`: claims, renewals, give-backs, the lost-worker rule, expiry, the relay's rows;
 * :mod:`.notify`: ``LISTEN``/``NOTIFY`` channels and the waiters that share them;
+* :mod:`.canvas`: groups as sent, and chords counted in their header's outcome writes;
 * :mod:`.sql`: the hand-written statements of the hot paths.
 """
 
+from .canvas import (
+    chord_state,
+    create_group,
+    forget_group,
+    group_task_ids,
+    purge_groups,
+    revoke_chord_body,
+    set_chord_handlers,
+)
 from .changes import (
     StateChange,
     failure_change,
@@ -40,7 +50,9 @@ from .tasks import (
     finished_before,
     forget,
     insert_task,
+    insert_tasks,
     link_rerun,
+    mark_all_dispatched,
     mark_dispatched,
     mark_unsent,
     purge_finished,
@@ -56,20 +68,27 @@ __all__ = [
     "ClaimedTask",
     "NewTask",
     "StateChange",
+    "chord_state",
     "claim",
+    "create_group",
     "existing_task_ids",
     "failure_change",
     "finished_before",
     "forget",
+    "forget_group",
     "give_back",
     "give_back_unstarted",
+    "group_task_ids",
     "has_due_rows",
     "insert_task",
+    "insert_tasks",
     "link_rerun",
+    "mark_all_dispatched",
     "mark_dispatched",
     "mark_unsent",
     "publish_due",
     "purge_finished",
+    "purge_groups",
     "queues_with_overdue_messages",
     "record_bad_message",
     "record_states",
@@ -77,10 +96,12 @@ __all__ = [
     "redispatch_waiting",
     "renew",
     "revoke",
+    "revoke_chord_body",
     "revoke_expired",
     "revoked_among",
     "revoked_change",
     "seconds_until_due",
+    "set_chord_handlers",
     "store_custom_state",
     "terminate_requests",
 ]

@@ -24,6 +24,7 @@ from .. import states
 from ..exceptions import TaskRevokedError
 from ..messages import exception_to_dict, safe_str, storable_text
 from ..models import TaskResult, TaskStateChange
+from .canvas import Ended, advance_chords, chord_members
 from .sql import column_of, concrete_field
 
 logger = logging.getLogger("django_tasks.results")
@@ -44,6 +45,11 @@ class StateChange:
     keep_lease: bool = False
     #: Delete the row instead (a successful ``ignore_result`` task).
     delete: bool = False
+    #: The chord whose header the task is in (its outcome counts there), if known; other
+    #: ready changes are looked up when ``record_states`` is given a ``guard``.
+    chord: str | None = None
+    #: Its success fills a slot of the chord's header (not an earlier step of a chain).
+    counts: bool = False
 
 
 #: Told of a change that could not be stored, and of the failure recorded in its place.
@@ -114,11 +120,13 @@ DEADLOCK_ATTEMPTS = 3
 def _record_batch(
     changes: list[StateChange], worker: str, lease_token: str | None, guard: Q | None
 ) -> int:
+    # A chord's header outcomes are written one by one, to know which applied and count them.
+    batched = guard is None and not any(c.chord for c in changes)
     # Inside a caller's transaction a savepoint keeps a refused batch from breaking it; in
     # autocommit a refused statement changes nothing.
     with transaction.atomic() if connection.in_atomic_block else nullcontext():
         try:
-            return _record(changes, worker, lease_token, guard, batched=guard is None)
+            return _record(changes, worker, lease_token, guard, batched=batched)
         except _LeaseLost:
             return _record(changes, worker, lease_token, guard, batched=False)
 
@@ -189,6 +197,8 @@ def unstorable_change(change: StateChange, refused: BaseException) -> StateChang
         states.FAILURE,
         {"result": exception_to_dict(exc), "traceback": None, "date_done": timezone.now()},
         detail=storable_text(f"EncodeError: {exc}")[:2000],
+        chord=change.chord,
+        counts=change.counts,
     )
 
 
@@ -239,7 +249,31 @@ def _record(
                 )
                 for c in applied
             )
+            _settle_chords(applied, look_up=guard is not None)
     return recorded + len(applied)
+
+
+def _settle_chords(applied: list[StateChange], *, look_up: bool) -> None:
+    """Count the ready ones among ``applied`` into their chords (this transaction). The
+    worker marks its changes; other writers (revoke, the lost-worker rule, expiry) pass a
+    ``guard``, and their rows are looked up."""
+    ready = [c for c in applied if c.state in states.READY_STATES]
+    if not ready:
+        return
+    known: dict[int, tuple[str, bool]] = {}
+    if look_up:
+        unknown = [c.pk for c in ready if c.chord is None]
+        if unknown:
+            known = chord_members(unknown)
+    ended = []
+    for change in ready:
+        chord, counts = (
+            (change.chord, change.counts) if change.chord else known.get(change.pk, (None, False))
+        )
+        if chord:
+            ended.append(Ended(change.pk, change.state, change.fields.get("result"), chord, counts))
+    if ended:
+        advance_chords(ended)
 
 
 def history_meta(change: StateChange) -> Any:

@@ -37,7 +37,19 @@ INSERT_FIELDS = (
     "expires",
     "revoked",
     "dispatched",
+    "parent_id",
+    "group_id",
+    "group_index",
+    "chord_id",
 )
+
+#: The canvas columns a send writes, and the call options they come from.
+CANVAS_COLUMNS = {
+    "parent_id": "parent_id",
+    "group_id": "group_id",
+    "group_index": "group_index",
+    "chord_id": "chord",
+}
 
 #: Python-side touches beyond Django's converters, by column.
 _EXTRA: dict[str, Callable[[Any], Any]] = {
@@ -149,3 +161,27 @@ def _select_by_task_id(vendor: str, columns: tuple[str, ...]) -> str:
     qn = connection.ops.quote_name
     names = ", ".join(qn(column_of(_field(c))) for c in columns)
     return f"SELECT {names} FROM {qn(TaskResult._meta.db_table)} WHERE task_id = %s"
+
+
+def fetch_by_task_ids(task_ids: Sequence[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Many tasks' ``columns`` by task id, in one query: ``{task_id: row}``."""
+    if not task_ids:
+        return {}
+    wanted = tuple(dict.fromkeys(("task_id", *columns)))
+    convert = row_converter(wanted)
+    qn = connection.ops.quote_name
+    names = ", ".join(qn(column_of(_field(c))) for c in wanted)
+    found: dict[str, dict[str, Any]] = {}
+    ids = list(dict.fromkeys(task_ids))
+    with connection.cursor() as cursor:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join(["%s"] * len(chunk))
+            cursor.execute(
+                f"SELECT {names} FROM {qn(TaskResult._meta.db_table)} WHERE task_id IN ({marks})",
+                chunk,
+            )
+            for row in cursor.fetchall():
+                values = dict(zip(wanted, convert(row), strict=True))
+                found[values["task_id"]] = values
+    return found

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from django.db import IntegrityError, InterfaceError, connection, transaction
@@ -19,8 +19,9 @@ from .. import states
 from ..exceptions import TaskError
 from ..messages import EncodedArguments, exception_to_dict
 from ..models import CLAIMABLE_STATES, TaskResult, TaskStateChange
+from .canvas import purge_groups, revoke_chord_body
 from .changes import StateChange, record_states, revoked_change
-from .sql import insert_statement
+from .sql import CANVAS_COLUMNS, insert_statement
 
 logger = logging.getLogger("django_tasks.transport")
 
@@ -63,29 +64,11 @@ def insert_task(
     ``dispatched``: a message for it is on its way (broker transports); rows stored with
     False are published by the relay when due.
     """
-    encoded = outgoing.encoded
-    values = {
-        "task_id": outgoing.task_id,
-        "task_name": outgoing.task_name,
-        "state": states.PENDING,
-        "queue": outgoing.queue,
-        "priority": outgoing.priority,
-        "args": encoded.args,
-        "kwargs": encoded.kwargs,
-        "body": encoded.body,
-        "content_type": encoded.content_type,
-        "options": outgoing.options,
-        "retries": 0,
-        "worker": "",
-        "owner": outgoing.owner_id,
-        "date_created": outgoing.created,
-        "run_after": outgoing.run_after,
-        "expires": outgoing.expires,
-        "revoked": False,
-        "dispatched": dispatched,
-    }
     sql, fields = insert_statement()
-    params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
+    params = [
+        field.get_db_prep_save(value, connection)
+        for field, value in _row(outgoing, fields, dispatched)
+    ]
     delays = publish_delays(retry_policy) if retry else iter(())
     tombstone_replaced = False
     while True:
@@ -117,6 +100,98 @@ def insert_task(
             )
             connection.close()
             time.sleep(delay)
+
+
+#: A group's tasks are written with one multi-row ``INSERT`` per this many rows (fewer where
+#: the database takes fewer parameters per statement).
+INSERT_BATCH = 1000
+
+
+def insert_tasks(outgoing: Sequence[NewTask], *, dispatched: bool) -> None:
+    """Store many tasks as ``PENDING`` rows: one multi-row ``INSERT`` per
+    :data:`INSERT_BATCH` rows, in one transaction (all or nothing). An id already used is
+    a ``ValueError`` naming it."""
+    if not outgoing:
+        return
+    sql, fields = insert_statement()
+    head, _, row_marks = sql.partition(" VALUES ")
+    batch = max(1, min(INSERT_BATCH, _max_parameters() // len(fields)))
+    with transaction.atomic():
+        for start in range(0, len(outgoing), batch):
+            chunk = outgoing[start : start + batch]
+            params = [
+                field.get_db_prep_save(value, connection)
+                for task in chunk
+                for field, value in _row(task, fields, dispatched)
+            ]
+            statement = f"{head} VALUES {', '.join([row_marks] * len(chunk))}"
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute(statement, params)
+            except IntegrityError as exc:
+                if "task_id" not in str(exc):
+                    raise
+                taken = existing_task_ids([t.task_id for t in chunk])
+                ids = [t.task_id for t in chunk]
+                duplicate = next(iter(taken), None) or next(
+                    (i for i in ids if ids.count(i) > 1), "?"
+                )
+                raise ValueError(f"task_id {duplicate!r} is already used by another task") from exc
+            except CONNECTION_ERRORS as exc:
+                raise OperationalError(
+                    f"Could not send {len(outgoing)} tasks: the database is unreachable: {exc}"
+                ) from exc
+
+
+def _max_parameters() -> int:
+    """How many parameters one statement may carry on this database."""
+    if connection.vendor == "sqlite":
+        import sqlite3
+
+        connection.ensure_connection()
+        raw = connection.connection
+        getlimit = getattr(raw, "getlimit", None)
+        if getlimit is not None:
+            return int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        return 999
+    return int(connection.features.max_query_params or 65535)
+
+
+def mark_all_dispatched(task_ids: list[str]) -> None:
+    """Their messages are with the broker now (a group's publish after commit)."""
+    for start in range(0, len(task_ids), 1000):
+        TaskResult.objects.filter(
+            task_id__in=task_ids[start : start + 1000], dispatched=False
+        ).update(dispatched=True)
+
+
+def _row(outgoing: NewTask, fields: list[Any], dispatched: bool) -> list[tuple[Any, Any]]:
+    """The send ``INSERT``'s fields and values for ``outgoing``."""
+    encoded = outgoing.encoded
+    options = outgoing.options or {}
+    values = {
+        "task_id": outgoing.task_id,
+        "task_name": outgoing.task_name,
+        "state": states.PENDING,
+        "queue": outgoing.queue,
+        "priority": outgoing.priority,
+        "args": encoded.args,
+        "kwargs": encoded.kwargs,
+        "body": encoded.body,
+        "content_type": encoded.content_type,
+        "options": outgoing.options,
+        "retries": 0,
+        "worker": "",
+        "owner": outgoing.owner_id,
+        "date_created": outgoing.created,
+        "run_after": outgoing.run_after,
+        "expires": outgoing.expires,
+        "revoked": False,
+        "dispatched": dispatched,
+    }
+    for column, option in CANVAS_COLUMNS.items():
+        values[column] = options.get(option)
+    return [(field, values[field.name]) for field in fields]
 
 
 def mark_dispatched(task_id: str) -> None:
@@ -201,7 +276,9 @@ def revoke(task_id: str, *, reason: str = "revoked", terminate_signal: int | Non
     process running it. Returns False for an id that is not stored or already finished.
     """
     row = TaskResult.objects.filter(task_id=task_id).values("pk", "state").first()
-    if row is None or row["state"] in states.READY_STATES:
+    if row is None:
+        return revoke_chord_body(task_id)  # a chord's body, not sent yet: the whole chord
+    if row["state"] in states.READY_STATES:
         return False
     now = timezone.now()
     waiting = Q(lease_token__isnull=True, state__in=CLAIMABLE_STATES)
@@ -229,13 +306,15 @@ def purge_finished(older_than: dt.timedelta, *, batch_size: int = 1000) -> int:
     """Delete finished results (and their history) done more than ``older_than`` ago.
 
     Unfinished tasks are never touched. Deletes in batches of ``batch_size`` rows, each in
-    its own transaction, so a large purge never holds long locks. Returns how many rows went.
+    its own transaction, so a large purge never holds long locks. Groups (and chords) go with
+    their last task. Returns how many task rows went.
     """
     cutoff = timezone.now() - older_than
     deleted = 0
     while True:
         pks = list(finished_before(cutoff).order_by().values_list("pk", flat=True)[:batch_size])
         if not pks:
+            purge_groups(cutoff)
             return deleted
         with transaction.atomic():
             # History rows go with one DELETE and re-runs lose their link with one UPDATE.

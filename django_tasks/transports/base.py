@@ -112,6 +112,14 @@ class Transport(abc.ABC):
     def send(self, outgoing: OutgoingTask, *, retry: bool, retry_policy: dict[str, Any]) -> None:
         """Store or publish one task; retry per ``retry_policy`` on connection errors."""
 
+    def send_many(
+        self, outgoing: list[OutgoingTask], *, retry: bool, retry_policy: dict[str, Any]
+    ) -> None:
+        """Send tasks all or nothing, in one transaction (a group); by default one by one."""
+        with transaction.atomic():
+            for task in outgoing:
+                self.send(task, retry=retry, retry_policy=retry_policy)
+
     def send_on_commit(
         self, outgoing: OutgoingTask, *, retry: bool, retry_policy: dict[str, Any]
     ) -> None:

@@ -217,6 +217,36 @@ class BrokerTransport(Transport):
 
         transaction.on_commit(publish_after_commit)
 
+    def send_many(
+        self, outgoing: list[OutgoingTask], *, retry: bool, retry_policy: dict[str, Any]
+    ) -> None:
+        """A group: the rows in bulk (the outbox), then one batch of publishes after the
+        commit; what is not published then, the relay publishes."""
+        with transaction.atomic():
+            store.insert_tasks(outgoing, dispatched=False)
+        due = [task for task in outgoing if not task.delayed]
+        if not due:
+            return
+
+        def publish_after_commit() -> None:
+            published = []
+            try:
+                for task in due:
+                    self.publish(
+                        message_from_outgoing(task), retry=retry, retry_policy=retry_policy
+                    )
+                    published.append(task.task_id)
+            except OperationalError as exc:
+                logger.warning(
+                    "Publishing a group after commit failed (%s); the relay will publish the "
+                    "%d task(s) left",
+                    exc,
+                    len(due) - len(published),
+                )
+            store.mark_all_dispatched(published)
+
+        transaction.on_commit(publish_after_commit)
+
     def publish(
         self, message: dict[str, Any], *, retry: bool, retry_policy: dict[str, Any]
     ) -> None:

@@ -83,6 +83,11 @@ def execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
         logger.exception("Task %s[%s]: the worker failed to run it", claimed.task_name, claimed.pk)
         outcome = Outcome(failure_change(claimed.pk, exc, traceback=format_traceback(exc)))
     change = outcome.change
+    chord = claimed.options.get("chord") if isinstance(claimed.options, dict) else None
+    if isinstance(chord, str) and chord and change.state in states.READY_STATES:
+        # Its outcome counts in a chord, in the transaction that records it.
+        change.chord = chord
+        change.counts = claimed.options.get("group_index") is not None
     runtime = time.monotonic() - started
     logger.info(
         "Task %s[%s] %s in %.4fs%s",
@@ -184,7 +189,8 @@ def _outcome(
                 "task_name": claimed.task_name,
             }
     else:
-        if request.ignore_result:
+        if request.ignore_result and not request.options.get("chord"):
+            # (A chord's header task keeps its result: the body gets it.)
             change = StateChange(claimed.pk, states.SUCCESS, delete=True)
         else:
             change = StateChange(

@@ -81,6 +81,8 @@ def journal_entry(change: store.StateChange, replay: dict[str, Any] | None) -> d
             "detail": change.detail,
             "keep_lease": change.keep_lease,
             "delete": change.delete,
+            "chord": change.chord,
+            "counts": change.counts,
         },
         "replay": replay,
     }

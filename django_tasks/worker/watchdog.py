@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from django.db.models import Q
 from django.utils import timezone
 
 from .. import states, store
@@ -115,8 +116,10 @@ class Watchdog:
                 if not still_on_it:  # the signal did not kill it and the task ended
                     del self._verdicts[pid]
                 continue
+            # The guard (the row itself) marks a write from outside the task's own run: the
+            # store looks up whether the task is in a chord's header, to count it there.
             recorded = still_on_it and store.record_states(
-                [verdict.change], lease_token=verdict.token
+                [verdict.change], lease_token=verdict.token, guard=Q(pk=verdict.pk)
             )
             if recorded and verdict.change.state == states.FAILURE:
                 apply_row_errbacks(verdict.pk, exception_from_dict(verdict.change.fields["result"]))

@@ -337,3 +337,27 @@ def stop_and_lose_connection():
     killer.start()
     killer.join()
     return "stopped"
+
+
+@task
+def tsum(numbers):
+    """A chord body: the sum of its header's results."""
+    return sum(numbers)
+
+
+@task
+def mul(x, y):
+    return x * y
+
+
+@task
+def listing(values, *extra):
+    """Returns what it was given (a chord body that shows its results' order)."""
+    return [values, *extra]
+
+
+@task(bind=True)
+def record_body(self, results):
+    """A chord body that stores one Run row per execution."""
+    Run.objects.create(task_id=self.request.id, label=f"body:{len(results)}", pid=os.getpid())
+    return results
