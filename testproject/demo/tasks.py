@@ -38,3 +38,9 @@ def crunch(self, steps: int, pause: float = 0.05) -> dict:
 @task
 def noop() -> None:
     """Does nothing: for measuring the framework's own cost."""
+
+
+@task
+def total(numbers: list[int]) -> int:
+    """Sums a list: a chord's body, given its header's results."""
+    return sum(numbers)
