@@ -1,6 +1,6 @@
 """Waking up for new tasks and changed results: an idle worker and a waiting ``get()`` react
-within milliseconds on every database (LISTEN/NOTIFY on PostgreSQL, the wal-index on SQLite),
-not after a polling interval."""
+within milliseconds (LISTEN/NOTIFY on PostgreSQL, ``PRAGMA data_version`` on SQLite), not
+after a polling interval."""
 
 import statistics
 import threading
@@ -9,51 +9,49 @@ import time
 import pytest
 from django.db import connection
 
-from django_tasks.store.notify import CommitWatcher, sqlite_wal_index
+from django_tasks.store.notify import CommitWatcher
 from tests.conftest import wait_until
 from tests.taskapp import tasks
 from tests.taskapp.models import Run
 
 sqlite_only = pytest.mark.skipif(
-    "connection.vendor != 'sqlite'", reason="the wal-index is SQLite's"
+    "connection.vendor != 'sqlite'", reason="PRAGMA data_version is SQLite's"
 )
-
-
-def _wal_mode():
-    with connection.cursor() as cursor:
-        cursor.execute("PRAGMA journal_mode=WAL")
 
 
 @sqlite_only
 @pytest.mark.django_db(transaction=True)
 def test_the_commit_watcher_wakes_at_another_connections_commit():
-    _wal_mode()
-    watcher = CommitWatcher(sqlite_wal_index())
-    try:
-        assert watcher.wait(0.05) is False  # nothing committed
-
-        def commit_later():
-            time.sleep(0.1)
-            Run.objects.create(label="x")  # this thread's own connection
-            connection.close()
-
-        writer = threading.Thread(target=commit_later)
-        started = time.monotonic()
-        writer.start()
-        assert watcher.wait(5.0) is True
-        assert 0.09 < time.monotonic() - started < 1.0
-        writer.join()
-    finally:
-        watcher.close()
-
-
-@sqlite_only
-@pytest.mark.django_db(transaction=True)
-def test_the_commit_watcher_sleeps_out_its_timeout_without_a_wal_index(tmp_path):
-    watcher = CommitWatcher(str(tmp_path / "missing.sqlite3-shm"))
+    watcher = CommitWatcher()
     started = time.monotonic()
-    assert watcher.wait(0.05) is False
+    assert watcher.wait(0.05) is False  # nothing committed
     assert time.monotonic() - started >= 0.05
+    Run.objects.create(label="mine")  # this connection's own commit does not count
+    assert watcher.wait(0.05) is False
+
+    def commit_later():
+        time.sleep(0.1)
+        Run.objects.create(label="theirs")  # this thread's own connection
+        connection.close()
+
+    writer = threading.Thread(target=commit_later)
+    started = time.monotonic()
+    writer.start()
+    assert watcher.wait(5.0) is True
+    assert 0.09 < time.monotonic() - started < 1.0
+    writer.join()
+
+
+@pytest.mark.worker
+def test_a_waiting_get_keeps_the_databases_files_alone(start_worker):
+    """The SQLite waiter reads a pragma: it never opens and closes SQLite's files itself,
+    which would drop the process's POSIX locks on them and let another process reset the
+    ``-shm`` file under this one (a bus error when SQLite next touches it)."""
+    start_worker("--concurrency", "2")
+    for round_ in range(5):
+        results = [tasks.add.delay(i, round_) for i in range(20)]
+        assert [r.get(timeout=30) for r in results] == [i + round_ for i in range(20)]
+        connection.close()  # as a web process does after each request
 
 
 @pytest.mark.worker

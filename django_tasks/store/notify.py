@@ -1,5 +1,5 @@
-"""Waking up on changes: PostgreSQL ``LISTEN``/``NOTIFY`` where the database has it, the
-wal-index of a SQLite database, polling elsewhere.
+"""Waking up on changes: PostgreSQL ``LISTEN``/``NOTIFY`` where the database has it, SQLite's
+``PRAGMA data_version``, polling elsewhere.
 
 Two triggers (migration 0002) notify: :data:`TASKS_CHANNEL` when a task row is inserted
 (payload: its queue) and :data:`STATES_CHANNEL` when a task's state changes (payload: its
@@ -101,66 +101,49 @@ class PollingWaiter:
 
 # -- SQLite: watching for commits -----------------------------------------------------------------
 
-#: How often a waiter on SQLite looks for a new commit.
+#: How often a waiter on SQLite looks for another connection's commit.
 COMMIT_WATCH_TICK = 0.001
-#: The first copy of the wal-index header, at the start of the ``-shm`` file: its ``iChange``
-#: counter goes up with every transaction (https://www.sqlite.org/walformat.html), so any
-#: change of these bytes means that some connection committed.
-WAL_INDEX_HEADER_SIZE = 48
 
 
-def sqlite_wal_index() -> str | None:
-    """The wal-index (``-shm``) file of the default database when it is a SQLite file (in
-    WAL mode, which the worker sets, the file exists while a connection is open)."""
-    if connection.vendor != "sqlite":
-        return None
-    name = str(connection.settings_dict["NAME"] or "")
-    if not name or name == ":memory:" or "mode=memory" in name:
-        return None
-    return f"{name.removeprefix('file:').split('?')[0]}-shm"
+def can_watch_commits() -> bool:
+    """Whether the default database is SQLite, whose ``PRAGMA data_version`` tells a
+    connection that another one committed."""
+    return connection.vendor == "sqlite"
 
 
 class CommitWatcher:
-    """Waits for a commit to a SQLite database in WAL mode by reading its wal-index header
-    every :data:`COMMIT_WATCH_TICK` (one ``pread``: no query, no lock), where polling with
-    queries would either add up to its interval to every round trip or load the database."""
+    """Waits for another connection's commit to the SQLite database by reading ``PRAGMA
+    data_version`` on this thread's connection every :data:`COMMIT_WATCH_TICK`: SQLite's own
+    signal (https://www.sqlite.org/pragma.html#pragma_data_version), a few microseconds in
+    process, no lock. Polling with queries for tasks would either add up to its interval to
+    every round trip or load the database.
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._inode: int | None = None
+    (It never opens SQLite's files itself: closing a second descriptor of a file drops every
+    POSIX lock the process holds on it, SQLite's included.)
+    """
 
-    def _open(self) -> bool:
-        """(Re)open the file if it is new (the last connection to close deletes it)."""
+    def _version(self) -> int | None:
         try:
-            inode = os.stat(self.path).st_ino
-            if self._fd is None or inode != self._inode:
-                self.close()
-                self._fd, self._inode = os.open(self.path, os.O_RDONLY), inode
-        except OSError:
-            self.close()
-            return False
-        return True
+            connection.ensure_connection()
+            raw: Any = connection.connection
+            version: int = raw.execute("PRAGMA data_version").fetchone()[0]
+        except Exception:  # no usable connection: the caller sleeps instead
+            return None
+        return version
 
     def wait(self, timeout: float) -> bool:
-        """Block until a commit after this call began, or ``timeout``; True if one came.
-        Without a wal-index to read (not in WAL mode yet), sleep out the timeout."""
+        """Block until another connection commits, or ``timeout``; True if one did. Inside a
+        transaction nothing new is seen, so this sleeps out the timeout."""
         deadline = time.monotonic() + timeout
-        if not self._open():
+        before = self._version()
+        if before is None:
             time.sleep(max(timeout, 0))
             return False
-        assert self._fd is not None
-        before = os.pread(self._fd, WAL_INDEX_HEADER_SIZE, 0)
         while (remaining := deadline - time.monotonic()) > 0:
             time.sleep(min(COMMIT_WATCH_TICK, remaining))
-            if os.pread(self._fd, WAL_INDEX_HEADER_SIZE, 0) != before:
+            if self._version() != before:
                 return True
         return False
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = self._inode = None
 
 
 class CommitWaiter:
@@ -172,9 +155,6 @@ class CommitWaiter:
 
     def wait(self, task_id: str, timeout: float) -> None:
         self.watcher.wait(max(timeout, 0))
-
-    def close(self) -> None:
-        self.watcher.close()
 
 
 # -- the shared state listener ------------------------------------------------------------------
@@ -398,8 +378,8 @@ def waiter() -> Waiter:
     if current is None:
         if can_listen():
             current = ListenerWaiter(state_listener())
-        elif wal_index := sqlite_wal_index():
-            current = CommitWaiter(CommitWatcher(wal_index))
+        elif can_watch_commits():
+            current = CommitWaiter(CommitWatcher())
         else:
             current = PollingWaiter()
         _local.waiter = current
@@ -414,7 +394,7 @@ def close_waiter() -> None:
     database can be dropped. The next wait opens the connection again.
     """
     current = getattr(_local, "waiter", None)
-    if isinstance(current, ListenerWaiter | CommitWaiter):
+    if isinstance(current, ListenerWaiter):
         current.close()
     _local.waiter = None
     if _listener is not None and _listener_pid == os.getpid():

@@ -2,8 +2,8 @@
 
 * Sending is one ``INSERT`` (on PostgreSQL a trigger adds a ``NOTIFY`` to it).
 * Claiming leases a batch of due rows in one statement (:func:`django_tasks.store.claim`).
-* Waiting workers ``LISTEN`` for new rows on PostgreSQL, watch SQLite's wal-index for commits,
-  and poll elsewhere (MySQL/MariaDB).
+* Waiting workers ``LISTEN`` for new rows on PostgreSQL, watch SQLite's ``PRAGMA
+  data_version`` for other connections' commits, and poll elsewhere (MySQL/MariaDB).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from django.core.checks import CheckMessage, Error
 from .. import store
 from ..conf import SETTINGS_NAME
 from ..store import Claim, ClaimedTask
-from ..store.notify import CommitWatcher, QueueListener, can_listen, sqlite_wal_index
+from ..store.notify import CommitWatcher, QueueListener, can_listen, can_watch_commits
 from .base import KnownTask, OutgoingTask, Transport, database_description
 
 
@@ -82,11 +82,11 @@ class DatabaseTransport(Transport):
         if self.wakes_workers:
             self._listener.wait(queues, timeout, fallback_sleep=self.poll_interval)
             return
-        if self._commits is None and (wal_index := sqlite_wal_index()):
-            self._commits = CommitWatcher(wal_index)
-        if self._commits is None:
+        if not can_watch_commits():
             time.sleep(timeout)
             return
+        if self._commits is None:
+            self._commits = CommitWatcher()
         # SQLite: wake at a commit that left a task of ours due (most commits are outcomes).
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
@@ -95,9 +95,6 @@ class DatabaseTransport(Transport):
 
     def close(self) -> None:
         self._listener.close()
-        if self._commits is not None:
-            self._commits.close()
-            self._commits = None
 
 
 __all__ = ["DatabaseTransport"]
