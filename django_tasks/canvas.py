@@ -116,7 +116,20 @@ class _Canvas(Signature):
         return pending
 
 
-class chain(_Canvas):
+class _TaskList(_Canvas):
+    """A canvas over a list of signatures (``kwargs["tasks"]``): a chain or a group."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Signature:
+        return cls(data["kwargs"]["tasks"], **(data.get("options") or {}))
+
+    @property
+    def tasks(self) -> list[Signature]:
+        tasks: list[Signature] = self["kwargs"]["tasks"]
+        return tasks
+
+
+class chain(_TaskList):
     """Steps run one after another, each getting the previous result: ``chain(a, b, c)``."""
 
     subtask_type = "chain"
@@ -129,15 +142,6 @@ class chain(_Canvas):
             else:
                 steps.append(sig)
         self._init("celery.chain", {"tasks": _upgrade(steps)}, options)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Signature:
-        return cls(data["kwargs"]["tasks"], **(data.get("options") or {}))
-
-    @property
-    def tasks(self) -> list[Signature]:
-        tasks: list[Signature] = self["kwargs"]["tasks"]
-        return tasks
 
     def simplified(self) -> Signature:
         """The one step of a one-step chain (``group | task`` is then a chord), else self."""
@@ -237,7 +241,7 @@ class chain(_Canvas):
         return previous if previous is not None else result
 
 
-class group(_Canvas):
+class group(_TaskList):
     """Tasks run in parallel; the result is a :class:`GroupResult` in the group's order."""
 
     subtask_type = "group"
@@ -250,15 +254,6 @@ class group(_Canvas):
             else:
                 members.append(sig)
         self._init("celery.group", {"tasks": members}, options)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Signature:
-        return cls(data["kwargs"]["tasks"], **(data.get("options") or {}))
-
-    @property
-    def tasks(self) -> list[Signature]:
-        tasks: list[Signature] = self["kwargs"]["tasks"]
-        return tasks
 
     def __repr__(self) -> str:
         return f"group([{', '.join(repr(t) for t in self.tasks)}])"

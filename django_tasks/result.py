@@ -490,16 +490,6 @@ class GroupResult:
             result.forget()
         forget_group(self.id)
 
-    def get(
-        self,
-        timeout: float | None = None,
-        propagate: bool = True,
-        interval: float = 0.5,
-        disable_sync_subtasks: bool = True,
-    ) -> list[Any]:
-        """Wait for every task; their values in the group's order (see :meth:`join`)."""
-        return self.join(timeout, propagate, interval, disable_sync_subtasks)
-
     def join(
         self,
         timeout: float | None = None,
@@ -522,6 +512,8 @@ class GroupResult:
                 )
             )
         return values
+
+    get = join
 
 
 def signal_number(value: str | int | None) -> int:

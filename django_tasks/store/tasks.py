@@ -157,8 +157,8 @@ def _max_parameters() -> int:
     return int(connection.features.max_query_params or 65535)
 
 
-def mark_all_dispatched(task_ids: list[str]) -> None:
-    """Their messages are with the broker now (a group's publish after commit)."""
+def mark_dispatched(task_ids: list[str]) -> None:
+    """Their messages are with the broker now (the on-commit publish went through)."""
     for start in range(0, len(task_ids), 1000):
         TaskResult.objects.filter(
             task_id__in=task_ids[start : start + 1000], dispatched=False
@@ -192,11 +192,6 @@ def _row(outgoing: NewTask, fields: list[Any], dispatched: bool) -> list[tuple[A
     for column, option in CANVAS_COLUMNS.items():
         values[column] = options.get(option)
     return [(field, values[field.name]) for field in fields]
-
-
-def mark_dispatched(task_id: str) -> None:
-    """Its message is with the broker now (the on-commit publish went through)."""
-    TaskResult.objects.filter(task_id=task_id, dispatched=False).update(dispatched=True)
 
 
 #: The reason a send that raised leaves on its row (``REVOKED``).

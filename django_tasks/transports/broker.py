@@ -197,25 +197,7 @@ class BrokerTransport(Transport):
         """The outbox: the row is written now, in the transaction; the relay publishes it if
         the publish after the commit never happens."""
         store.insert_task(outgoing, dispatched=False, retry=retry, retry_policy=retry_policy)
-        if outgoing.delayed:
-            return  # the relay publishes it when due
-
-        def publish_after_commit() -> None:
-            try:
-                self.publish(
-                    message_from_outgoing(outgoing), retry=retry, retry_policy=retry_policy
-                )
-            except OperationalError as exc:
-                logger.warning(
-                    "Publishing %s[%s] after commit failed (%s); the relay will publish it",
-                    outgoing.task_name,
-                    outgoing.task_id,
-                    exc,
-                )
-                return
-            store.mark_dispatched(outgoing.task_id)
-
-        transaction.on_commit(publish_after_commit)
+        self._publish_on_commit([outgoing], retry=retry, retry_policy=retry_policy)
 
     def send_many(
         self, outgoing: list[OutgoingTask], *, retry: bool, retry_policy: dict[str, Any]
@@ -224,12 +206,19 @@ class BrokerTransport(Transport):
         commit; what is not published then, the relay publishes."""
         with transaction.atomic():
             store.insert_tasks(outgoing, dispatched=False)
+            self._publish_on_commit(outgoing, retry=retry, retry_policy=retry_policy)
+
+    def _publish_on_commit(
+        self, outgoing: list[OutgoingTask], *, retry: bool, retry_policy: dict[str, Any]
+    ) -> None:
+        """Publish the due ones of ``outgoing`` once the transaction commits, marking each
+        dispatched; a failed publish leaves the rest to the relay (delayed ones always)."""
         due = [task for task in outgoing if not task.delayed]
         if not due:
             return
 
         def publish_after_commit() -> None:
-            published = []
+            published: list[str] = []
             try:
                 for task in due:
                     self.publish(
@@ -238,12 +227,15 @@ class BrokerTransport(Transport):
                     published.append(task.task_id)
             except OperationalError as exc:
                 logger.warning(
-                    "Publishing a group after commit failed (%s); the relay will publish the "
-                    "%d task(s) left",
+                    "Publishing %s[%s] after commit failed (%s); the relay will publish it%s",
+                    due[len(published)].task_name,
+                    due[len(published)].task_id,
                     exc,
-                    len(due) - len(published),
+                    f" and the {len(due) - len(published) - 1} other(s) left"
+                    if len(due) - len(published) > 1
+                    else "",
                 )
-            store.mark_all_dispatched(published)
+            store.mark_dispatched(published)
 
         transaction.on_commit(publish_after_commit)
 

@@ -83,7 +83,7 @@ def execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
         logger.exception("Task %s[%s]: the worker failed to run it", claimed.task_name, claimed.pk)
         outcome = Outcome(failure_change(claimed.pk, exc, traceback=format_traceback(exc)))
     change = outcome.change
-    chord = claimed.options.get("chord") if isinstance(claimed.options, dict) else None
+    chord = claimed.options.get("chord")
     if isinstance(chord, str) and chord and change.state in states.READY_STATES:
         # Its outcome counts in a chord, in the transaction that records it.
         change.chord = chord
