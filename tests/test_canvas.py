@@ -366,6 +366,33 @@ def test_a_group_is_sent_all_or_nothing():
     assert not TaskGroup.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("bad", "culprit"),
+    [
+        (float("nan"), "is nan"),
+        ("a\x00b", "NUL"),
+        ("\ud800", "surrogate"),
+    ],
+)
+def test_a_bad_argument_in_a_canvas_is_refused_at_call_time_and_nothing_is_sent(mode, bad, culprit):
+    """The same check as delay(): the culprit is named, and no member, step or group row
+    is stored (eagerly, nothing runs)."""
+    tasks.add.apply_async((1, 1), task_id="before")
+    stored = set(TaskResult.objects.values_list("task_id", flat=True))
+    canvases = [
+        group(tasks.add.s(1, 1), tasks.add.s(bad, 1)),
+        chain(tasks.add.s(1, 1), tasks.add.s(bad)),
+        chord([tasks.add.s(1, 1), tasks.add.s(bad, 2)], tasks.tsum.s()),
+    ]
+    for canvas in canvases:
+        with pytest.raises(Exception, match=culprit) as raised:
+            canvas.apply_async()
+        assert "tests.taskapp.tasks.add" in str(raised.value)
+        assert "args" in str(raised.value)  # the path to it: args[i], or a link's ['args'][i]
+    assert set(TaskResult.objects.values_list("task_id", flat=True)) == stored
+    assert not TaskGroup.objects.exists()
+
+
 def test_a_group_sent_on_commit_waits_for_the_commit(django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         g = group(tasks.add.s(1, 1), tasks.add.s(2, 2)).apply_async(on_commit=True)
