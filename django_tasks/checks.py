@@ -128,6 +128,7 @@ def _check_values() -> list[CheckMessage]:
         else:
             errors.extend(transport.check(url))  # each transport's own needs
     errors.extend(_check_database(url))
+    errors.extend(_check_beat())
     if not isinstance(s.BROKER_TRANSPORT_OPTIONS, dict):
         errors.append(_error("BROKER_TRANSPORT_OPTIONS", "must be a dict", "", 18))
     queue_problem = _queue_problem(s.TASK_DEFAULT_QUEUE)
@@ -369,4 +370,53 @@ def _check_routes(routes: Any) -> list[CheckMessage]:
                 check_priority(f"route for {name!r}", route.get("priority"))
             except ValueError as exc:
                 errors.append(_error("TASK_ROUTES", str(exc), "", 10))
+    return errors
+
+
+BEAT_HINT = (
+    "An entry is {'task': 'app.tasks.name', 'schedule': 30.0 | timedelta(...) | crontab(...), "
+    "'args': [...], 'kwargs': {...}, 'options': {...}}; see docs/periodic.md."
+)
+
+
+def _check_beat() -> list[CheckMessage]:
+    """``BEAT_TIMEZONE`` names a zone; each ``BEAT_SCHEDULE`` entry is usable, by name."""
+    import zoneinfo
+
+    from .options import check_priority
+    from .worker.beat import parse_entry
+
+    errors: list[CheckMessage] = []
+    zone = tasks_settings.BEAT_TIMEZONE
+    if zone is not None:
+        try:
+            if not isinstance(zone, str) or not zone:
+                raise ValueError
+            zoneinfo.ZoneInfo(zone)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            errors.append(
+                _error(
+                    "BEAT_TIMEZONE",
+                    f"{zone!r} is not a time zone name"[:300],
+                    "Use an IANA name such as 'Europe/Paris', or None for TIME_ZONE.",
+                    31,
+                )
+            )
+    schedule = tasks_settings.BEAT_SCHEDULE
+    if not isinstance(schedule, dict):
+        return [
+            *errors,
+            _error("BEAT_SCHEDULE", "must be a dict of entry name -> entry", BEAT_HINT, 30),
+        ]
+    for name, value in schedule.items():
+        try:
+            entry = parse_entry(name, value)
+            queue = entry.options.get("queue")
+            problem = None if queue is None else _queue_problem(queue)
+            if problem is not None:
+                raise ValueError(f"options queue {problem}")
+            check_priority("options", entry.options.get("priority"))
+        except (ValueError, TypeError) as exc:
+            shown = repr(name)[:100]
+            errors.append(_error("BEAT_SCHEDULE", f"entry {shown}: {exc}"[:1000], BEAT_HINT, 30))
     return errors

@@ -50,6 +50,10 @@ DEFAULTS: dict[str, Any] = {
     # How often an acks_late task whose worker died while running it is queued again
     # before it fails with WorkerLostError (a task that kills its process cannot loop).
     "WORKER_LOST_MAX_REDELIVERIES": 3,
+    # Periodic tasks (docs/periodic.md): Celery beat's entries, and the zone crontabs are
+    # read in (None: TIME_ZONE).
+    "BEAT_SCHEDULE": {},
+    "BEAT_TIMEZONE": None,
     # The HTTP API (django_tasks.urls).
     "API_PERMISSION_CLASSES": ["django_tasks.api.permissions.IsOwnerOrStaff"],
     "API_EXPOSE_ARGUMENTS": False,  # show args/kwargs to the owner, not only to staff

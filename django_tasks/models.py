@@ -19,6 +19,7 @@ from kombu.utils.json import JSONEncoder as KombuJSONEncoder
 from kombu.utils.json import object_hook as kombu_object_hook
 
 from . import states
+from .schedules import CRONTAB_FIELDS, Schedule, crontab, interval, schedule_from
 
 STATE_CHOICES = sorted((s, s) for s in states.ALL_STATES)
 CLAIMABLE_STATES = (states.PENDING, states.RETRY)
@@ -269,3 +270,97 @@ class TaskGroup(models.Model):
     @property
     def is_chord(self) -> bool:
         return self.chord_state is not None
+
+
+class PeriodicTask(models.Model):
+    """A schedule entry: ``DJANGO_TASKS["BEAT_SCHEDULE"]``'s (synced at worker start) or
+    one made in the admin. Every scheduler sends a due run only by moving ``last_due``
+    forward in one conditional update, so each due time is sent once."""
+
+    SOURCE_CODE = "code"
+    SOURCE_ADMIN = "admin"
+    SOURCES = [(SOURCE_CODE, "settings (BEAT_SCHEDULE)"), (SOURCE_ADMIN, "admin")]
+    #: How many of its latest runs' task ids an entry keeps, newest first.
+    RECENT_RUNS = 10
+
+    name = models.CharField(max_length=200, unique=True)
+    task = models.CharField("task name", max_length=255)
+    source = models.CharField(max_length=10, choices=SOURCES, default=SOURCE_ADMIN, editable=False)
+    interval_seconds = models.FloatField(
+        "every (seconds)", null=True, blank=True, help_text="An interval, or a crontab below."
+    )
+    minute = models.CharField(max_length=200, blank=True, default="")
+    hour = models.CharField(max_length=200, blank=True, default="")
+    day_of_week = models.CharField(
+        "day of week", max_length=200, blank=True, default="", help_text="0 or sun … 6 or sat."
+    )
+    day_of_month = models.CharField("day of month", max_length=200, blank=True, default="")
+    month_of_year = models.CharField("month of year", max_length=200, blank=True, default="")
+    args = _json_field(default=list)
+    kwargs = _json_field(default=dict)
+    options = _json_field(
+        default=dict, help_text="apply_async options: queue, priority, expires, …"
+    )
+    enabled = models.BooleanField(default=True)
+    next_due = models.DateTimeField("next run", null=True, blank=True, editable=False)
+    last_due = models.DateTimeField("last due", null=True, blank=True, editable=False)
+    last_run_at = models.DateTimeField("last run", null=True, blank=True, editable=False)
+    total_runs = models.PositiveIntegerField("total runs", default=0, editable=False)
+    last_error = models.TextField(
+        "last error",
+        blank=True,
+        default="",
+        editable=False,
+        help_text="Why the last due run could not be sent, if it could not.",
+    )
+    recent_task_ids = models.JSONField("recent task ids", default=list, blank=True, editable=False)
+    date_changed = models.DateTimeField("changed", auto_now=True)
+
+    class Meta:
+        verbose_name = "periodic task"
+        ordering = ["name"]
+        indexes = [models.Index(fields=["enabled", "next_due"], name="django_tasks_beat_due")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_crontab(self) -> bool:
+        return self.interval_seconds is None
+
+    def get_schedule(self) -> Schedule:
+        """The entry's schedule; ValueError if its fields do not make one."""
+        if self.interval_seconds is not None:
+            if any(getattr(self, name) for name in CRONTAB_FIELDS):
+                raise ValueError("give an interval or crontab fields, not both")
+            return schedule_from(self.interval_seconds)
+        fields = {name: getattr(self, name) or "*" for name in CRONTAB_FIELDS}
+        if all(value == "*" for value in fields.values()) and not self.minute:
+            raise ValueError("give an interval in seconds or at least a crontab minute")
+        return schedule_from(crontab(**fields))
+
+    def set_schedule(self, schedule: Schedule) -> None:
+        """Store ``schedule`` in the entry's fields."""
+        if isinstance(schedule, interval):
+            self.interval_seconds = float(schedule.seconds)
+            for name in CRONTAB_FIELDS:
+                setattr(self, name, "")
+        else:
+            assert isinstance(schedule, crontab)
+            self.interval_seconds = None
+            for name in CRONTAB_FIELDS:
+                setattr(self, name, schedule.field_text(name))
+
+
+class RateLimitBucket(models.Model):
+    """The start times a task's ``rate_limit`` has handed out: the next free start, as
+    seconds since the epoch (the generic cell rate algorithm's "theoretical arrival time")."""
+
+    task_name = models.CharField("task name", max_length=255, primary_key=True)
+    next_free = models.FloatField("next free start (epoch seconds)", default=0.0)
+
+    class Meta:
+        verbose_name = "rate limit bucket"
+
+    def __str__(self) -> str:
+        return self.task_name

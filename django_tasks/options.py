@@ -53,6 +53,7 @@ TASK_OPTION_DEFAULTS: dict[str, Any] = {
     "serializer": None,
     "compression": None,
     "typing": True,
+    "rate_limit": None,
 }
 
 #: Options ``apply_async`` takes beyond ``args``/``kwargs``.
@@ -245,6 +246,36 @@ def owner_key(where: str, owner: Any) -> Any:
             f"{'; '.join(exc.messages)}"
         ) from None
     return key
+
+
+RATE_LIMIT_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate_limit(where: str, value: Any) -> float | None:
+    """``rate_limit`` (``"10/s"``, ``"100/m"``, ``"1000/h"``, or a number per second, as in
+    Celery) as the seconds between two starts; None for no limit. ValueError names ``where``."""
+    if value is None:
+        return None
+    shown = repr(value)[:100]
+    count: Any = value
+    period = 1.0
+    if isinstance(value, str):
+        text = value.strip()
+        number, _, unit = text.partition("/")
+        if unit and unit.strip().lower() not in RATE_LIMIT_PERIODS:
+            count = None
+        else:
+            period = RATE_LIMIT_PERIODS[unit.strip().lower() or "s"]
+            try:
+                count = float(number)
+            except ValueError:
+                count = None
+    if isinstance(count, bool) or not is_finite(count) or not 0 < count <= 1_000_000:
+        raise ValueError(
+            f"{where}: rate_limit must be like '10/s', '100/m' or '1000/h' (from above 0 to "
+            f"1,000,000 per period), or a number per second, not {shown}"
+        )
+    return period / float(count)
 
 
 def check_priority(where: str, value: Any) -> None:

@@ -41,6 +41,7 @@ from .options import (
     check_retry_policy,
     check_time_limits,
     is_finite,
+    parse_rate_limit,
     to_datetime,
 )
 from .registry import tasks_registry
@@ -95,7 +96,10 @@ class Task(Generic[P, R]):
         self.serializer: str | None = merged["serializer"]
         self.compression: str | None = merged["compression"]
         self.typing: bool = bool(merged["typing"])
+        self.rate_limit: str | float | None = merged["rate_limit"]
         try:
+            #: Seconds between two starts under ``rate_limit``, across all workers; or None.
+            self.rate_limit_spacing = parse_rate_limit(where, self.rate_limit)
             if self.queue is not None:
                 check_queue(where, "queue", self.queue)
             check_priority(where, self.priority)

@@ -2,12 +2,16 @@
 
 ``DATABASE_URL`` (default: SQLite in ``db.sqlite3`` beside ``manage.py``) and
 ``DJANGO_TASKS_BROKER_URL`` (default: ``django://``, the database transport) and
-``DJANGO_TASKS_TASK_DEFAULT_QUEUE`` (default: ``default``; the benchmark uses its own).
+``DJANGO_TASKS_TASK_DEFAULT_QUEUE`` (default: ``default``; the benchmark uses its own) and
+``DJANGO_TASKS_BEAT_SCHEDULE`` (default: none; JSON, see :func:`beat_schedule`).
 """
 
+import json
 from pathlib import Path
 
 import environ
+
+from django_tasks.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -63,10 +67,27 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 30}
     )
 
+
+
+def beat_schedule(raw: str) -> dict:
+    """``DJANGO_TASKS_BEAT_SCHEDULE``: JSON entries with ``"every": seconds`` or ``"crontab":
+    {fields}`` in place of ``"schedule"`` (the beat benchmark and tests set it)."""
+    entries = {}
+    for name, entry in json.loads(raw or "{}").items():
+        entry = dict(entry)
+        if "crontab" in entry:
+            entry["schedule"] = crontab(**entry.pop("crontab"))
+        elif "every" in entry:
+            entry["schedule"] = entry.pop("every")
+        entries[name] = entry
+    return entries
+
+
 DJANGO_TASKS = {
     "BROKER_URL": env("DJANGO_TASKS_BROKER_URL", default="django://"),
     "WORKER_LEASE_SECONDS": env.float("DJANGO_TASKS_WORKER_LEASE_SECONDS", default=30.0),
     "TASK_DEFAULT_QUEUE": env("DJANGO_TASKS_TASK_DEFAULT_QUEUE", default="default"),
+    "BEAT_SCHEDULE": beat_schedule(env("DJANGO_TASKS_BEAT_SCHEDULE", default="")),
 }
 
 AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []

@@ -9,6 +9,8 @@ to its jobs:
 * :mod:`.leases`: claims, renewals, give-backs, the lost-worker rule, expiry, the relay's rows;
 * :mod:`.notify`: ``LISTEN``/``NOTIFY`` channels and the waiters that share them;
 * :mod:`.canvas`: groups as sent, and chords counted in their header's outcome writes;
+* :mod:`.schedules`: periodic task entries, advanced once per due time;
+* :mod:`.rates`: rate-limit buckets and the tasks waiting for their reserved start;
 * :mod:`.sql`: the hand-written statements of the hot paths.
 """
 
@@ -44,6 +46,16 @@ from .leases import (
     seconds_until_due,
     terminate_requests,
 )
+from .rates import holds_reserved_start, reserve_starts, wait_for_reserved_start
+from .schedules import (
+    CodeEntry,
+    advance,
+    entries_due_by,
+    record_manual_run,
+    record_send_error,
+    reschedule,
+    sync_code_entries,
+)
 from .tasks import (
     NewTask,
     existing_task_ids,
@@ -65,11 +77,14 @@ __all__ = [
     "AcksLatePolicy",
     "Claim",
     "ClaimedTask",
+    "CodeEntry",
     "NewTask",
     "StateChange",
+    "advance",
     "chord_state",
     "claim",
     "create_group",
+    "entries_due_by",
     "existing_task_ids",
     "failure_change",
     "finished_before",
@@ -79,6 +94,7 @@ __all__ = [
     "give_back_unstarted",
     "group_task_ids",
     "has_due_rows",
+    "holds_reserved_start",
     "insert_task",
     "insert_tasks",
     "link_rerun",
@@ -89,10 +105,14 @@ __all__ = [
     "purge_groups",
     "queues_with_overdue_messages",
     "record_bad_message",
+    "record_manual_run",
+    "record_send_error",
     "record_states",
     "recover_lost",
     "redispatch_waiting",
     "renew",
+    "reschedule",
+    "reserve_starts",
     "revoke",
     "revoke_chord_body",
     "revoke_expired",
@@ -101,5 +121,7 @@ __all__ = [
     "seconds_until_due",
     "set_chord_handlers",
     "store_custom_state",
+    "sync_code_entries",
     "terminate_requests",
+    "wait_for_reserved_start",
 ]

@@ -21,6 +21,7 @@ from ..links import run_followups
 from ..registry import tasks_registry
 from ..store import ClaimedTask
 from ..transports import get_transport
+from . import rates
 from .execution import ExecutionContext, Outcome, execute
 from .limits import Enforcer, enforcer_for_this_thread
 from .recovery import journal_entry, recover_lost
@@ -205,6 +206,10 @@ class Consumer:
         batch = self.transport.claim(request, known_task=tasks_registry.__contains__)
         if not batch:
             return 0
+        claimed_count = len(batch)
+        batch = rates.admit(batch, self.transport, self.lease_token)
+        if not batch:
+            return claimed_count
         # Deliveries of tasks that are not acks_late are acknowledged before they run.
         early = [
             c for c in batch if c.delivery is not None and not tasks_registry.acks_late(c.task_name)
@@ -243,7 +248,7 @@ class Consumer:
         elapsed = time.monotonic() - batch_started
         self._seconds_per_task = 0.5 * self._seconds_per_task + 0.5 * (elapsed / len(batch))
         self.processed += len(batch)
-        return len(batch)
+        return claimed_count
 
     def _hand_back(self, outcomes: list[Outcome], batch: list[ClaimedTask], index: int) -> None:
         """Stopping mid-batch: write the outcomes of what ran, give back what did not start.

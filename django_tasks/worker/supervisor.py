@@ -16,6 +16,7 @@ from .. import store
 from ..conf import tasks_settings
 from ..registry import tasks_registry
 from ..transports import Transport, get_transport
+from .beat import Scheduler
 from .consumer import refresh_connections
 from .pool import LostLoop, PoolConfig, PreforkPool, make_pool, process_name
 from .recovery import recover_lost, settle_lost_loop
@@ -33,7 +34,9 @@ RELAY_INTERVAL = 1.0
 class Worker:
     """``runworker``: run consumer loops in a pool until stopped (or, with burst, drained)."""
 
-    def __init__(self, *, queues: list[str], concurrency: int, pool: str, burst: bool) -> None:
+    def __init__(
+        self, *, queues: list[str], concurrency: int, pool: str, burst: bool, beat: bool = True
+    ) -> None:
         self.queues = queues
         self.concurrency = concurrency
         self.pool_name = pool
@@ -45,6 +48,8 @@ class Worker:
         self._exit_code: int | None = None
         self._lost: list[LostLoop] = []
         self.watchdog = Watchdog(self.pool) if isinstance(self.pool, PreforkPool) else None
+        #: The periodic task scheduler (not in a burst, which exits once drained).
+        self.scheduler = Scheduler() if beat and not burst else None
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -57,6 +62,7 @@ class Worker:
             f"  queues:      {', '.join(self.queues)}",
             f"  concurrency: {self.concurrency} ({self.pool_name})"
             + ("  [burst: exits when no task is due]" if self.burst else ""),
+            f"  beat:        {'on' if self.scheduler else 'off'}",
             f"  tasks ({len(names)}):",
             *[f"    . {name}" for name in names],
         ]
@@ -78,6 +84,8 @@ class Worker:
         self._install_signal_handlers()
         recover_lost()
         store.revoke_expired()
+        if self.scheduler is not None:
+            self.scheduler.sync()
         connections.close_all()
         self.pool.start()
         if self.pool_name == "solo":
@@ -141,6 +149,8 @@ class Worker:
                         due_in = transport.relay()
                         wait = RELAY_INTERVAL if due_in is None else min(RELAY_INTERVAL, due_in)
                         next_relay = now + wait
+                    if self.scheduler is not None:
+                        self.scheduler.tick()
                     if now >= next_reap:
                         recover_lost()
                         store.revoke_expired()

@@ -45,6 +45,11 @@ class Command(BaseCommand):
             "--burst", action="store_true", help="Exit 0 once no task is due in the queues."
         )
         parser.add_argument(
+            "--without-beat",
+            action="store_true",
+            help="Do not run the periodic task scheduler in this worker.",
+        )
+        parser.add_argument(
             "-l",
             "--loglevel",
             choices=LOG_LEVELS,
@@ -78,7 +83,11 @@ class Command(BaseCommand):
             concurrency = 1
         configure_logging(options["loglevel"])
         worker = Worker(
-            queues=queues, concurrency=concurrency, pool=options["pool"], burst=options["burst"]
+            queues=queues,
+            concurrency=concurrency,
+            pool=options["pool"],
+            burst=options["burst"],
+            beat=not options["without_beat"],
         )
         self.stdout.write(worker.banner())
         self.stdout.flush()
