@@ -353,11 +353,16 @@ class PeriodicTask(models.Model):
 
 
 class RateLimitBucket(models.Model):
-    """The start times a task's ``rate_limit`` has handed out: the next free start, as
-    seconds since the epoch (the generic cell rate algorithm's "theoretical arrival time")."""
+    """A rate-limited task's budget, shared by every worker (epoch seconds).
+
+    ``allowed_at`` is the generic cell rate algorithm's "theoretical arrival time": a task may
+    start while it is at most the tolerance ahead of now, and each start moves it on by one
+    interval. ``next_slot`` is where the next task held back gets its due time, so that the
+    tasks held back by every worker line up one interval apart instead of racing."""
 
     task_name = models.CharField("task name", max_length=255, primary_key=True)
-    next_free = models.FloatField("next free start (epoch seconds)", default=0.0)
+    allowed_at = models.FloatField("allowed at", default=0.0)
+    next_slot = models.FloatField("next slot", default=0.0)
 
     class Meta:
         verbose_name = "rate limit bucket"

@@ -251,9 +251,9 @@ def owner_key(where: str, owner: Any) -> Any:
 RATE_LIMIT_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_rate_limit(where: str, value: Any) -> float | None:
+def parse_rate_limit(where: str, value: Any) -> tuple[float, float] | None:
     """``rate_limit`` (``"10/s"``, ``"100/m"``, ``"1000/h"``, or a number per second, as in
-    Celery) as the seconds between two starts; None for no limit. ValueError names ``where``."""
+    Celery) as (starts, period in seconds); None for no limit. ValueError names ``where``."""
     if value is None:
         return None
     shown = repr(value)[:100]
@@ -275,7 +275,7 @@ def parse_rate_limit(where: str, value: Any) -> float | None:
             f"{where}: rate_limit must be like '10/s', '100/m' or '1000/h' (from above 0 to "
             f"1,000,000 per period), or a number per second, not {shown}"
         )
-    return period / float(count)
+    return float(count), period
 
 
 def check_priority(where: str, value: Any) -> None:

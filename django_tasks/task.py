@@ -97,9 +97,10 @@ class Task(Generic[P, R]):
         self.compression: str | None = merged["compression"]
         self.typing: bool = bool(merged["typing"])
         self.rate_limit: str | float | None = merged["rate_limit"]
+        #: ``rate_limit`` as (starts, period in seconds), across all workers; or None.
+        self.rate_limit_parsed: tuple[float, float] | None = None
         try:
-            #: Seconds between two starts under ``rate_limit``, across all workers; or None.
-            self.rate_limit_spacing = parse_rate_limit(where, self.rate_limit)
+            self.rate_limit_parsed = parse_rate_limit(where, self.rate_limit)
             if self.queue is not None:
                 check_queue(where, "queue", self.queue)
             check_priority(where, self.priority)

@@ -68,7 +68,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
 
 
-
 def beat_schedule(raw: str) -> dict:
     """``DJANGO_TASKS_BEAT_SCHEDULE``: JSON entries with ``"every": seconds`` or ``"crontab":
     {fields}`` in place of ``"schedule"`` (the beat benchmark and tests set it)."""

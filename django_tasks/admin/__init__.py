@@ -1,5 +1,7 @@
-"""The admin: a read-only result browser with re-run, revoke, purge and a queue overview."""
+"""The admin: a read-only result browser with re-run, revoke, purge and a queue overview, and
+the periodic task entries with "run now"."""
 
 from .results import TaskResultAdmin, TaskStateChangeInline
+from .schedules import PeriodicTaskAdmin
 
-__all__ = ["TaskResultAdmin", "TaskStateChangeInline"]
+__all__ = ["PeriodicTaskAdmin", "TaskResultAdmin", "TaskStateChangeInline"]

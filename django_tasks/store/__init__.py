@@ -46,7 +46,7 @@ from .leases import (
     seconds_until_due,
     terminate_requests,
 )
-from .rates import holds_reserved_start, reserve_starts, wait_for_reserved_start
+from .rates import is_returning, take_starts, wait_for_turn
 from .schedules import (
     CodeEntry,
     advance,
@@ -94,9 +94,9 @@ __all__ = [
     "give_back_unstarted",
     "group_task_ids",
     "has_due_rows",
-    "holds_reserved_start",
     "insert_task",
     "insert_tasks",
+    "is_returning",
     "link_rerun",
     "mark_dispatched",
     "mark_unsent",
@@ -112,7 +112,6 @@ __all__ = [
     "redispatch_waiting",
     "renew",
     "reschedule",
-    "reserve_starts",
     "revoke",
     "revoke_chord_body",
     "revoke_expired",
@@ -122,6 +121,7 @@ __all__ = [
     "set_chord_handlers",
     "store_custom_state",
     "sync_code_entries",
+    "take_starts",
     "terminate_requests",
-    "wait_for_reserved_start",
+    "wait_for_turn",
 ]

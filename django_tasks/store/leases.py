@@ -237,13 +237,17 @@ def give_back_unstarted(lease_token: str, *, except_pks: list[int]) -> int:
     return _give_back(unstarted.exclude(pk__in=except_pks), republish=True)
 
 
+#: The fields of a task given back unstarted: no lease, no worker, not started.
+RELEASED: dict[str, Any] = {
+    "lease_token": None,
+    "lease_expires": None,
+    "worker": "",
+    "date_started": None,
+}
+
+
 def _give_back(rows: Any, republish: bool) -> int:
-    released: dict[str, Any] = {
-        "lease_token": None,
-        "lease_expires": None,
-        "worker": "",
-        "date_started": None,
-    }
+    released = dict(RELEASED)
     if republish:
         released["dispatched"] = False
     return int(rows.update(**released))

@@ -1,10 +1,11 @@
 """Rate limits held in the database, shared by every worker.
 
-Each rate-limited task name has a bucket row holding the next free start time (the generic
-cell rate algorithm's "theoretical arrival time"). A worker that claimed ``n`` tasks of that
-name reserves ``n`` consecutive start times, one every ``period / limit`` seconds, with one
-compare-and-set on that row: the first may start now if its time has come; the others go back
-to the queue due at their reserved times, marked so that they do not reserve again.
+Each rate-limited task name has a bucket row (:class:`~django_tasks.models.RateLimitBucket`).
+A worker that claimed tasks of that name asks :func:`take_starts` which may start now, with
+one read and one compare-and-set of that row (the generic cell rate algorithm: starts one
+interval apart on average, a small burst tolerated so that late claims catch up). Those that
+may not start go back to the queue due at the time they may, marked so that a task coming
+back is not given a new place behind the others.
 """
 
 from __future__ import annotations
@@ -13,56 +14,73 @@ import datetime as dt
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from ..models import RateLimitBucket, TaskResult
+from .leases import RELEASED
 
-#: The options key that marks a task given back to wait for its reserved start time.
+#: The options key that marks a task given back to wait for its turn (epoch seconds).
 RESERVED_START = "rate_limit_start"
-#: How many times a reservation is tried again when other workers changed the row meanwhile.
+#: How many times a take is tried again when other workers changed the row meanwhile.
 MAX_ATTEMPTS = 100
 
 
-def reserve_starts(task_name: str, count: int, spacing: float, now: float) -> list[float]:
-    """Reserve ``count`` start times of ``task_name``, ``spacing`` seconds apart, from the
-    bucket's next free time or now, whichever is later (epoch seconds)."""
+def take_starts(
+    task_name: str, returning: list[bool], spacing: float, tolerance: float, now: float
+) -> list[float | None]:
+    """For each claimed task of ``task_name`` (``returning``: whether it is back from waiting
+    its turn): None if it may start now, else the time (epoch seconds) it is due again.
+
+    A start is allowed while the bucket's ``allowed_at`` is at most ``tolerance`` ahead of now,
+    and moves it on by ``spacing``. A returning task refused waits until the bucket allows;
+    a new one refused gets the next free slot, one ``spacing`` after the last one handed out.
+    """
     for _attempt in range(MAX_ATTEMPTS):
-        current = (
+        row = (
             RateLimitBucket.objects.filter(task_name=task_name)
-            .values_list("next_free", flat=True)
+            .values_list("allowed_at", "next_slot")
             .first()
         )
-        if current is None:
+        if row is None:
             try:
                 with transaction.atomic():
-                    RateLimitBucket.objects.create(task_name=task_name, next_free=0.0)
+                    RateLimitBucket.objects.create(task_name=task_name)
             except IntegrityError:
                 pass  # another worker made it
             continue
-        first = max(current, now)
-        if RateLimitBucket.objects.filter(task_name=task_name, next_free=current).update(
-            next_free=first + count * spacing
-        ):
-            return [first + k * spacing for k in range(count)]
-    raise RuntimeError(f"the rate limit bucket of {task_name!r} is changed too often to reserve")
+        allowed_at, next_slot = row
+        answers: list[float | None] = []
+        at, slot = allowed_at, next_slot
+        for back in returning:
+            if at - now <= tolerance:
+                at = max(at, now) + spacing
+                answers.append(None)
+            elif back:
+                answers.append(at - tolerance)
+            else:
+                slot = max(slot, at - tolerance, now)
+                answers.append(slot)
+                slot += spacing
+        updated = RateLimitBucket.objects.filter(
+            task_name=task_name, allowed_at=allowed_at, next_slot=next_slot
+        ).update(allowed_at=at, next_slot=slot)
+        if updated:
+            return answers
+    raise RuntimeError(f"the rate limit bucket of {task_name!r} is changed too often to use")
 
 
-def wait_for_reserved_start(
+def wait_for_turn(
     lease_token: str, waiting: list[tuple[int, float, dict[str, Any]]], *, republish: bool
 ) -> int:
-    """Give back leased tasks ``(pk, start, options)`` due at their reserved start time
-    (epoch seconds), marked as holding it; ``republish``: a broker's relay sends them again
-    then. Returns how many were given back."""
+    """Give back leased tasks ``(pk, at, options)``, due again at ``at`` (epoch seconds) and
+    marked as waiting their turn; ``republish``: a broker's relay sends them again then.
+    Returns how many were given back."""
     returned = 0
     with transaction.atomic():
-        for pk, start, options in waiting:
+        for pk, at, options in waiting:
             fields: dict[str, Any] = {
-                "run_after": dt.datetime.fromtimestamp(start, tz=dt.UTC),
-                "options": {**options, RESERVED_START: start},
-                "lease_token": None,
-                "lease_expires": None,
-                "worker": "",
-                "date_started": None,
+                **RELEASED,
+                "run_after": dt.datetime.fromtimestamp(at, tz=dt.UTC),
+                "options": {**options, RESERVED_START: at},
             }
             if republish:
                 fields["dispatched"] = False
@@ -70,10 +88,10 @@ def wait_for_reserved_start(
     return returned
 
 
-def holds_reserved_start(options: dict[str, Any], run_after: dt.datetime | None) -> bool:
-    """Whether a claimed task was given back for a start time it reserved, and that time is
-    still its due time (a retry moves the due time, and then reserves again)."""
-    start = options.get(RESERVED_START)
-    if not isinstance(start, int | float) or isinstance(start, bool) or run_after is None:
+def is_returning(options: dict[str, Any], run_after: dt.datetime | None) -> bool:
+    """Whether a claimed task is back from waiting its turn: marked so, and still due at that
+    time (a retry moves the due time, and the task then lines up again)."""
+    at = options.get(RESERVED_START)
+    if not isinstance(at, int | float) or isinstance(at, bool) or run_after is None:
         return False
-    return abs(run_after.timestamp() - start) < 0.001 and run_after <= timezone.now()
+    return abs(run_after.timestamp() - at) < 0.001

@@ -105,14 +105,18 @@ def advance(
     entry: PeriodicTask, due: dt.datetime, following: dt.datetime, task_id: str, now: dt.datetime
 ) -> bool:
     """Record that ``entry``'s run due at ``due`` is being sent as ``task_id``, unless a run due
-    then or later was recorded already; True when this call recorded it.
+    then or later was recorded already, or the entry was changed (the admin, a worker's
+    sync) since it was read; True when this call recorded it.
 
     Call it in the transaction that sends the task."""
     assert transaction.get_connection().in_atomic_block, (
         "advance() belongs in the send's transaction"
     )
     moved = PeriodicTask.objects.filter(
-        Q(last_due__isnull=True) | Q(last_due__lt=due), pk=entry.pk, enabled=True
+        Q(last_due__isnull=True) | Q(last_due__lt=due),
+        pk=entry.pk,
+        enabled=True,
+        date_changed=entry.date_changed,  # not edited since it was read
     ).update(
         last_due=due,
         next_due=following,

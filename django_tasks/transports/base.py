@@ -145,16 +145,16 @@ class Transport(abc.ABC):
     def release(self, lease_token: str, claimed: list[ClaimedTask]) -> int:
         """Give back claimed tasks that were never started (warm shutdown); how many."""
 
-    def wait_for_start(self, lease_token: str, waiting: list[tuple[ClaimedTask, float]]) -> int:
-        """Give back claimed tasks ``(task, start)`` held by their ``rate_limit``: each is due
-        again at the start time (epoch seconds) it reserved. Their deliveries are
-        acknowledged; a transport with :attr:`needs_relay` sends them again when due."""
-        from ..store import wait_for_reserved_start
+    def wait_for_turn(self, lease_token: str, waiting: list[tuple[ClaimedTask, float]]) -> int:
+        """Give back claimed tasks ``(task, at)`` held by their ``rate_limit``: each is due
+        again at ``at`` (epoch seconds). Their deliveries are acknowledged; a transport with
+        :attr:`needs_relay` sends them again when due."""
+        from ..store import wait_for_turn
 
-        self.acknowledge([task for task, _start in waiting])
-        return wait_for_reserved_start(
+        self.acknowledge([task for task, _at in waiting])
+        return wait_for_turn(
             lease_token,
-            [(task.pk, start, task.options) for task, start in waiting],
+            [(task.pk, at, task.options) for task, at in waiting],
             republish=self.needs_relay,
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 import uuid
 import zoneinfo
@@ -156,6 +157,13 @@ class Scheduler:
                 deleted,
             )
 
+    def next_due_monotonic(self) -> float:
+        """When (on the monotonic clock) the soonest entry read is due; inf if none."""
+        dues = [e.next_due for e in self._due_soon if e.next_due is not None]
+        if not dues:
+            return math.inf
+        return time.monotonic() + (min(dues) - timezone.now()).total_seconds()
+
     def tick(self) -> None:
         now = timezone.now()
         if time.monotonic() >= self._next_read:
@@ -175,6 +183,7 @@ class Scheduler:
             return
         due, following = schedule.latest_due(entry.next_due, now, self.tz)
         task_id = run_task_id(entry, due)
+        sent = False
         with transaction.atomic():
             if not store.advance(entry, due, following, task_id, now):
                 # Another scheduler sent it (or the entry changed): read it again later.
@@ -183,6 +192,7 @@ class Scheduler:
             try:
                 with transaction.atomic():
                     send_run(entry, task_id=task_id, due=due, period=following - due)
+                sent = True
             except Exception as exc:  # a bad admin-made entry must not stop the scheduler
                 reason = f"{type(exc).__name__}: {safe_str(exc)}"
                 logger.error(
@@ -191,9 +201,9 @@ class Scheduler:
                 store.record_send_error(
                     entry.pk, f"run due at {due.isoformat()} not sent: {reason}"
                 )
-            else:
-                late = (timezone.now() - due).total_seconds()
-                logger.info(
-                    "Periodic task %r: sent its run due at %s (%.3f s late)", entry.name, due, late
-                )
+        if sent:  # committed
+            late = (timezone.now() - due).total_seconds()
+            logger.info(
+                "Periodic task %r: sent its run due at %s (%.3f s late)", entry.name, due, late
+            )
         entry.last_due, entry.next_due = due, following

@@ -109,6 +109,8 @@ class Consumer:
         self._last_claim = 0.0  # monotonic time of the last claim
         self._linger = False  # whether the next claim waits for CLAIM_LINGER to pass
         self._burst_waiting_since: float | None = None
+        #: When (epoch seconds) to relay the tasks a rate limit held back (broker transports).
+        self._relay_at: float | None = None
 
     def batch_size(self) -> int:
         return max(1, min(self.prefetch_max, math.ceil(BATCH_WINDOW / self._seconds_per_task)))
@@ -135,6 +137,9 @@ class Consumer:
         limit = self.batch_size()
         if self.burst and self.transport.needs_relay:
             self.transport.relay()  # a worker's supervisor does this; burst runs alone
+        if self._relay_at is not None and time.time() >= self._relay_at:
+            due_in = self.transport.relay()
+            self._relay_at = None if due_in is None else time.time() + due_in
         if self._linger:
             self.stop.wait(self._last_claim + CLAIM_LINGER - time.monotonic())
         self._last_claim = time.monotonic()
@@ -156,6 +161,8 @@ class Consumer:
         else:
             wait = self.transport.seconds_until_due(self.queues, self.poll_interval)
             self._next_due = now + wait
+        if self._relay_at is not None:
+            wait = max(0.0, min(wait, self._relay_at - time.time()))
         self.transport.wait_for_tasks(self.queues, wait)
         return False
 
@@ -207,7 +214,11 @@ class Consumer:
         if not batch:
             return 0
         claimed_count = len(batch)
-        batch = rates.admit(batch, self.transport, self.lease_token)
+        batch, again_at = rates.admit(batch, self.transport, self.lease_token)
+        if again_at is not None and self.transport.needs_relay:
+            # Held back by a rate limit: their messages are gone, and this loop sends them
+            # again when due rather than wait for its supervisor's next look.
+            self._relay_at = min(self._relay_at or again_at, again_at)
         if not batch:
             return claimed_count
         # Deliveries of tasks that are not acks_late are acknowledged before they run.

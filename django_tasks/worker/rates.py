@@ -9,39 +9,52 @@ from ..registry import tasks_registry
 from ..store import ClaimedTask
 from ..transports import Transport
 
-#: A reserved start this close to now starts now.
-SLACK = 0.002
+#: The burst a rate limit tolerates, as a share of its limit: with 5 %, "50/s" lets a claim
+#: that came late start up to 2 tasks more at once, and no second holds more than 52 starts.
+BURST_SHARE = 0.05
 
 
-def admit(batch: list[ClaimedTask], transport: Transport, lease_token: str) -> list[ClaimedTask]:
-    """The tasks of ``batch`` that may start now; the rest, held by their task's
-    ``rate_limit``, are given back due at the start times they reserved.
+def admit(
+    batch: list[ClaimedTask], transport: Transport, lease_token: str
+) -> tuple[list[ClaimedTask], float | None]:
+    """The tasks of ``batch`` that may start now, and when (epoch seconds) the first of the
+    rest is due again: those, held back by their task's ``rate_limit``, are given back due
+    when their turn comes.
 
     Costs nothing for a batch without rate-limited tasks; otherwise two statements per
     rate-limited task name in the batch (read and compare-and-set its bucket), and one
     transaction giving back the tasks that must wait.
     """
     limited: dict[str, list[ClaimedTask]] = {}
-    spacing: dict[str, float] = {}
+    limits: dict[str, tuple[float, float]] = {}
     for claimed in batch:
         task = tasks_registry.get(claimed.task_name)
-        if task is None or task.rate_limit_spacing is None or claimed.problem:
+        if task is None or task.rate_limit_parsed is None or claimed.problem:
             continue
-        if store.holds_reserved_start(claimed.options, claimed.run_after):
-            continue  # back at the start time it reserved
         limited.setdefault(claimed.task_name, []).append(claimed)
-        spacing[claimed.task_name] = task.rate_limit_spacing
+        limits[claimed.task_name] = task.rate_limit_parsed
     if not limited:
-        return batch
+        return batch, None
     now = time.time()
     waiting: list[tuple[ClaimedTask, float]] = []
     for name, tasks in limited.items():
-        starts = store.reserve_starts(name, len(tasks), spacing[name], now)
+        # Tasks back from waiting their turn go first.
+        tasks.sort(key=lambda c: not store.is_returning(c.options, c.run_after))
+        returning = [store.is_returning(c.options, c.run_after) for c in tasks]
+        starts, period = limits[name]
+        spacing = period / starts
+        answers = store.take_starts(name, returning, spacing, tolerance(spacing, period), now)
         waiting.extend(
-            (task, start) for task, start in zip(tasks, starts, strict=True) if start > now + SLACK
+            (task, at) for task, at in zip(tasks, answers, strict=True) if at is not None
         )
     if not waiting:
-        return batch
-    transport.wait_for_start(lease_token, waiting)
-    held = {id(task) for task, _start in waiting}
-    return [claimed for claimed in batch if id(claimed) not in held]
+        return batch, None
+    transport.wait_for_turn(lease_token, waiting)
+    held = {id(task) for task, _at in waiting}
+    return [claimed for claimed in batch if id(claimed) not in held], min(at for _t, at in waiting)
+
+
+def tolerance(spacing: float, period: float) -> float:
+    """How far ahead of now a bucket may be and still allow a start: a burst of
+    :data:`BURST_SHARE` of the limit (at least one start)."""
+    return max(0.0, BURST_SHARE * period - spacing)

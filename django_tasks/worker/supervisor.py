@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -114,7 +115,12 @@ class Worker:
         warm_requested = False
         try:
             while True:
-                self._woken.wait(TICK)
+                # Wake for the relay's next due task, or the scheduler's next due run, when
+                # sooner than a tick: their lateness is what this wait adds.
+                wake_at = next_relay if transport.needs_relay else math.inf
+                if self.scheduler is not None:
+                    wake_at = min(wake_at, self.scheduler.next_due_monotonic())
+                self._woken.wait(min(TICK, max(0.0, wake_at - time.monotonic())))
                 self._woken.clear()
                 if self._signals >= 2:
                     self._cold_shutdown()

@@ -361,3 +361,9 @@ def record_body(self, results):
     """A chord body that stores one Run row per execution."""
     Run.objects.create(task_id=self.request.id, label=f"body:{len(results)}", pid=os.getpid())
     return results
+
+
+@task(bind=True, rate_limit="20/s")
+def limited(self):
+    """Rate-limited: records when it started (epoch seconds) as its label."""
+    Run.objects.create(task_id=self.request.id, label=f"{time.time():.6f}", pid=os.getpid())

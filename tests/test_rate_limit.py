@@ -1,0 +1,123 @@
+"""``@task(rate_limit=...)``: at most N starts per period across every worker; tasks over the
+limit wait as due tasks, are never failed or dropped, and other tasks pass them."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from django_tasks import states, task
+from django_tasks.exceptions import ImproperlyConfiguredTask
+from django_tasks.models import RateLimitBucket, TaskResult
+from django_tasks.options import parse_rate_limit
+from django_tasks.store import take_starts
+from tests.conftest import wait_until
+from tests.taskapp import tasks
+from tests.taskapp.models import Run
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("10/s", (10, 1)),
+        ("100/m", (100, 60)),
+        ("1000/h", (1000, 3600)),
+        ("2/S", (2, 1)),
+        (" 4 / m ", (4, 60)),
+        (5, (5, 1)),
+        (0.5, (0.5, 1)),
+        ("20", (20, 1)),
+        (None, None),
+    ],
+)
+def test_rate_limits_in_celerys_forms(value, parsed):
+    assert parse_rate_limit("x", value) == parsed
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "10/d",
+        "ten/s",
+        "0/s",
+        "-1/s",
+        "nan/s",
+        "inf/m",
+        "",
+        "/s",
+        "10/s/s",
+        float("nan"),
+        True,
+        0,
+        2_000_000,
+        "1\x00/s",
+        "\ud800/s",
+        [10],
+        {"rate": 1},
+    ],
+)
+def test_a_bad_rate_limit_fails_at_declaration_naming_the_task(value):
+    with pytest.raises(ImproperlyConfiguredTask, match=r"@task 'limited\.bad'.*rate_limit must be"):
+
+        @task(name="limited.bad", rate_limit=value)
+        def bad() -> None: ...
+
+
+@pytest.mark.django_db
+def test_every_worker_draws_on_one_budget_and_held_tasks_line_up():
+    now = time.time()
+    # Three new tasks: one starts, two wait their turn one interval apart.
+    assert take_starts("t", [False] * 3, 0.1, 0.0, now) == [
+        None,
+        pytest.approx(now + 0.1),
+        pytest.approx(now + 0.2),
+    ]
+    # Another worker, the same instant: its tasks line up behind those.
+    assert take_starts("t", [False] * 2, 0.1, 0.0, now) == [
+        pytest.approx(now + 0.3),
+        pytest.approx(now + 0.4),
+    ]
+    # A task back at its turn starts; the next one back early waits for the bucket.
+    assert take_starts("t", [True, True], 0.1, 0.0, now + 0.1) == [None, pytest.approx(now + 0.2)]
+    # Unused time is not banked: after a quiet spell the next start is now, and only one.
+    later = now + 60
+    assert take_starts("t", [False, False], 0.1, 0.0, later) == [None, pytest.approx(later + 0.1)]
+    bucket = RateLimitBucket.objects.get(task_name="t")
+    assert bucket.allowed_at == pytest.approx(later + 0.1)
+
+
+@pytest.mark.django_db
+def test_a_small_burst_is_tolerated_so_late_claims_catch_up():
+    now = time.time()
+    # "50/s": 20 ms apart, 5 % of the limit as tolerance: two start at once, then spaced.
+    answers = take_starts("b", [False] * 5, 0.02, 0.03, now)
+    assert answers == [
+        None,
+        None,
+        pytest.approx(now + 0.01),
+        pytest.approx(now + 0.03),
+        pytest.approx(now + 0.05),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_keep_to_the_limit_and_other_tasks_pass(start_worker):
+    limited = [tasks.limited.delay() for _ in range(40)]  # 20/s: two seconds of starts
+    others = [tasks.add.delay(i, i) for i in range(20)]
+    for _ in range(2):
+        start_worker("-c", "2")
+    wait_until(lambda: all(r.ready() for r in others), timeout=30, what="the other tasks")
+    others_done_at = time.time()
+    wait_until(lambda: Run.objects.count() == 40, timeout=60, what="the limited tasks")
+    starts = sorted(float(label) for label in Run.objects.values_list("label", flat=True))
+    most_in_a_second = max(sum(1 for s in starts if first <= s < first + 1.0) for first in starts)
+    assert most_in_a_second <= 22, most_in_a_second  # 20/s, and 5 % burst, with 5 % for timing
+    span = starts[-1] - starts[0]
+    assert 1.8 <= span <= 3.5, span  # 40 starts 50 ms apart: 1.95 s
+    assert others_done_at < starts[-1]  # the limit held back only its own task
+    wait_until(lambda: all(r.ready() for r in limited), timeout=10, what="the outcomes")
+    assert all(r.state == states.SUCCESS for r in limited)
+    assert (
+        TaskResult.objects.filter(task_name=tasks.limited.name, state=states.SUCCESS).count() == 40
+    )
