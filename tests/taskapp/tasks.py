@@ -367,3 +367,15 @@ def record_body(self, results):
 def limited(self):
     """Rate-limited: records when it started (epoch seconds) as its label."""
     Run.objects.create(task_id=self.request.id, label=f"{time.time():.6f}", pid=os.getpid())
+
+
+@task(bind=True, rate_limit="50/s")
+def limited_fifty(self):
+    """bench/rate_limit.py's task: records when it started, as ``limited`` does."""
+    Run.objects.create(task_id=self.request.id, label=f"{time.time():.6f}", pid=os.getpid())
+
+
+@task(bind=True)
+def unlimited(self):
+    """bench/rate_limit.py's reference: ``limited_fifty`` without the limit."""
+    Run.objects.create(task_id=self.request.id, label=f"{time.time():.6f}", pid=os.getpid())
