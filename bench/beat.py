@@ -161,6 +161,9 @@ def main() -> int:
         headers = options["headers"]
         due = dt.datetime.fromisoformat(headers["periodic_due"])
         by_entry[headers["periodic_task_name"]].append((due, created, started_at))
+    if not rows:
+        print(f"no run was sent: see the workers' logs in {run_dir}")
+        return 2
     missed = 0
     sent_lateness: list[float] = []
     start_lateness: list[float] = []

@@ -420,3 +420,27 @@ def _check_beat() -> list[CheckMessage]:
             shown = repr(name)[:100]
             errors.append(_error("BEAT_SCHEDULE", f"entry {shown}: {exc}"[:1000], BEAT_HINT, 30))
     return errors
+
+
+@register(Tags.compatibility)
+def check_django_tasks_backend(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``TASKS`` naming our backend needs Django 6 (``django.tasks``)."""
+    import django
+    from django.conf import settings
+
+    if django.VERSION >= (6, 0):
+        return []
+    configured = getattr(settings, "TASKS", None)
+    if not isinstance(configured, dict):
+        return []
+    return [
+        Error(
+            f"TASKS[{alias!r}]: django_tasks.backend.TasksBackend is the backend of Django's "
+            f"task framework (django.tasks), which needs Django 6.0 or later; this is Django "
+            f"{django.get_version()}",
+            hint="Upgrade to Django 6, or remove it from TASKS and use @django_tasks.task.",
+            id="django_tasks.E061",
+        )
+        for alias, params in configured.items()
+        if isinstance(params, dict) and params.get("BACKEND") == "django_tasks.backend.TasksBackend"
+    ]

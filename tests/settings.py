@@ -18,3 +18,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(test_name)}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+import django  # noqa: E402
+
+if django.VERSION >= (6, 0):
+    # Django's task framework on this app's worker (tests/test_django_backend.py). An empty
+    # QUEUES lets a task name any queue.
+    TASKS = {"default": {"BACKEND": "django_tasks.backend.TasksBackend", "QUEUES": []}}

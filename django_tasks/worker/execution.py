@@ -14,6 +14,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+import django
 from django.db import connection, transaction
 from django.utils import timezone
 from kombu.exceptions import DecodeError, EncodeError
@@ -108,7 +109,7 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
         return Outcome(revoked_change(claimed.pk, "revoked", now))
     if claimed.expires is not None and claimed.expires <= now:
         return Outcome(revoked_change(claimed.pk, "expired", now))
-    task = tasks_registry.get(claimed.task_name)
+    task = tasks_registry.get(claimed.task_name) or _django_task(claimed)
     if task is None:
         exc = NotRegistered(claimed.task_name)
         return Outcome(
@@ -156,6 +157,17 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
     guard = _guard(ctx.enforcer, claimed.pk, limits)
     run = run_task(task, request, args, kwargs, guard=guard)
     return _outcome(claimed, request, run, args, kwargs)
+
+
+def _django_task(claimed: ClaimedTask) -> Any:
+    """A ``django.tasks`` task's row (Django 6): our task that runs it, imported by its module
+    path; None for any other row."""
+    headers = claimed.options.get("headers")
+    if not isinstance(headers, dict) or "django_task" not in headers or django.VERSION < (6,):
+        return None
+    from ..backend import resolve
+
+    return resolve(claimed.task_name, headers["django_task"])
 
 
 @contextmanager
