@@ -201,18 +201,9 @@ def _runner(module_path: str) -> Any:
                 value = task.call(TaskContext(task_result=result), *args, **kwargs)
             else:
                 value = task.call(*args, **kwargs)
-        except BaseException as exc:
-            failed = _replace(
-                result,
-                status=TaskResultStatus.FAILED,
-                finished_at=dt.datetime.now(tz=dt.UTC),
-                errors=[*result.errors, _error_of(exc)],
-            )
-            task_finished.send(TasksBackend, task_result=failed)
-            raise
-        try:  # what Django's own backends store, and the error they give for anything else
+            # What Django's own backends store, and their error for anything else.
             value = normalize_json(value)
-        except TypeError as exc:
+        except BaseException as exc:
             failed = _replace(
                 result,
                 status=TaskResultStatus.FAILED,
