@@ -98,6 +98,49 @@ def _insert_statement(vendor: str) -> tuple[str, list[Field]]:
     return f"INSERT INTO {qn(TaskResult._meta.db_table)} ({columns}) VALUES ({marks})", fields
 
 
+def copy_statement() -> tuple[str, list[Field]]:
+    """PostgreSQL: the ``COPY … FROM STDIN`` that sends many tasks, and its fields in order.
+
+    psycopg dumps each row's values in C and PostgreSQL parses no statement per batch, which
+    a multi-row ``INSERT`` of thousands of placeholders costs on both sides."""
+    return _copy_statement(connection.vendor)
+
+
+@functools.cache
+def _copy_statement(vendor: str) -> tuple[str, list[Field]]:
+    fields = [concrete_field(name) for name in INSERT_FIELDS]
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(column_of(f)) for f in fields)
+    return f"COPY {qn(TaskResult._meta.db_table)} ({columns}) FROM STDIN", fields
+
+
+def prepare_for_save(field: Field) -> Callable[[Any], Any]:
+    """``field.get_db_prep_save`` where it changes a value (JSON, binary, datetimes), and
+    a plain pass-through for text, numbers and booleans, which the driver takes as is."""
+    if field.get_internal_type() in PASSED_AS_IS:
+        return _as_is
+    return lambda value: field.get_db_prep_save(value, connection)
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+#: Field types whose Python values a driver takes unchanged.
+PASSED_AS_IS = frozenset(
+    {
+        "CharField",
+        "TextField",
+        "SmallIntegerField",
+        "IntegerField",
+        "PositiveIntegerField",
+        "PositiveSmallIntegerField",
+        "BigIntegerField",
+        "BooleanField",
+    }
+)
+
+
 def row_converter(columns: Sequence[str]) -> Callable[[Sequence[Any]], list[Any]]:
     """Turn a database row of ``columns`` into Python values, as a QuerySet would."""
     return _row_converter(connection.vendor, tuple(columns))
