@@ -369,3 +369,64 @@ class RateLimitBucket(models.Model):
 
     def __str__(self) -> str:
         return self.task_name
+
+
+class WorkerRecordQuerySet(models.QuerySet["WorkerRecord"]):
+    def live(self, now: dt.datetime, lease_seconds: float) -> WorkerRecordQuerySet:
+        """Workers not stopped whose last heartbeat is within ``lease_seconds`` of ``now``."""
+        cutoff = now - dt.timedelta(seconds=lease_seconds)
+        return self.filter(stopped__isnull=True, last_heartbeat__gte=cutoff)
+
+    def stale(self, now: dt.datetime, lease_seconds: float) -> WorkerRecordQuerySet:
+        """Workers not stopped cleanly whose heartbeat is older than the lease (killed)."""
+        cutoff = now - dt.timedelta(seconds=lease_seconds)
+        return self.filter(stopped__isnull=True, last_heartbeat__lt=cutoff)
+
+    def purgeable(self, cutoff: dt.datetime) -> WorkerRecordQuerySet:
+        """Workers stopped before ``cutoff``, or silent since before it."""
+        return self.filter(
+            Q(stopped__lt=cutoff) | Q(stopped__isnull=True, last_heartbeat__lt=cutoff)
+        )
+
+
+class WorkerRecord(models.Model):
+    """One ``runworker`` process: written by its supervisor at start, on each heartbeat
+    (one UPDATE whatever the concurrency) and at a clean stop."""
+
+    LIVE = "live"
+    STALE = "stale"
+    STOPPED = "stopped"
+
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list)
+    pool = models.CharField(max_length=20)
+    concurrency = models.PositiveIntegerField()
+    started = models.DateTimeField()
+    last_heartbeat = models.DateTimeField("last heartbeat")
+    stopped = models.DateTimeField(null=True, blank=True)
+    tasks_done = models.PositiveBigIntegerField(
+        "tasks done", default=0, help_text="Tasks this worker ran to a final state."
+    )
+    tasks_failed = models.PositiveBigIntegerField(
+        "tasks failed", default=0, help_text="Of the tasks done, those that ended in FAILURE."
+    )
+    #: ``[{"id": pk, "task_id": ..., "task_name": ...}, ...]`` as of the last heartbeat.
+    running = models.JSONField(default=list, blank=True)
+
+    objects = WorkerRecordQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "worker"
+        ordering = ["hostname", "pid", "-started"]
+        indexes = [models.Index(fields=["last_heartbeat"], name="django_tasks_worker_beat_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.hostname}:{self.pid}"
+
+    def status(self, now: dt.datetime, lease_seconds: float) -> str:
+        """``live``, ``stale`` (no heartbeat within the lease: killed or hung) or ``stopped``."""
+        if self.stopped is not None:
+            return self.STOPPED
+        age = (now - self.last_heartbeat).total_seconds()
+        return self.LIVE if age <= lease_seconds else self.STALE

@@ -72,6 +72,7 @@ from .tasks import (
     redispatch_waiting,
     revoke,
 )
+from .workers import heartbeat_worker, purge_workers, register_worker, running_tasks
 
 __all__ = [
     "AcksLatePolicy",
@@ -94,6 +95,7 @@ __all__ = [
     "give_back_unstarted",
     "group_task_ids",
     "has_due_rows",
+    "heartbeat_worker",
     "insert_task",
     "insert_tasks",
     "is_returning",
@@ -103,6 +105,7 @@ __all__ = [
     "publish_due",
     "purge_finished",
     "purge_groups",
+    "purge_workers",
     "queues_with_overdue_messages",
     "record_bad_message",
     "record_manual_run",
@@ -110,6 +113,7 @@ __all__ = [
     "record_states",
     "recover_lost",
     "redispatch_waiting",
+    "register_worker",
     "renew",
     "reschedule",
     "revoke",
@@ -117,6 +121,7 @@ __all__ = [
     "revoke_expired",
     "revoked_among",
     "revoked_change",
+    "running_tasks",
     "seconds_until_due",
     "set_chord_handlers",
     "store_custom_state",
