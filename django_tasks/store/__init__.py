@@ -56,6 +56,7 @@ from .schedules import (
     reschedule,
     sync_code_entries,
 )
+from .status import finished_by_name, oldest_due, recent_runtimes, worker_rows
 from .tasks import (
     NewTask,
     existing_task_ids,
@@ -89,6 +90,7 @@ __all__ = [
     "existing_task_ids",
     "failure_change",
     "finished_before",
+    "finished_by_name",
     "forget",
     "forget_group",
     "give_back",
@@ -102,11 +104,13 @@ __all__ = [
     "link_rerun",
     "mark_dispatched",
     "mark_unsent",
+    "oldest_due",
     "publish_due",
     "purge_finished",
     "purge_groups",
     "purge_workers",
     "queues_with_overdue_messages",
+    "recent_runtimes",
     "record_bad_message",
     "record_manual_run",
     "record_send_error",
@@ -129,4 +133,5 @@ __all__ = [
     "take_starts",
     "terminate_requests",
     "wait_for_turn",
+    "worker_rows",
 ]
