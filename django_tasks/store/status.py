@@ -9,14 +9,24 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from django.db.models import Count, Min, Q
+from django.db.models import BooleanField, Count, Min, Q
+from django.db.models.expressions import RawSQL
 
 from .. import states
-from ..models import CLAIMABLE_STATES, TaskResult, WorkerRecord
+from ..models import CLAIMABLE_STATES, TaskResult, WorkerRecord, unindexed
+
+#: ``state IN ('PENDING', 'RETRY')`` with the states written out, not bound parameters:
+#: SQLite uses a partial index (the claim index) only when it can see that the query's terms
+#: imply the index's condition, which it cannot with parameters (a whole-table scan instead).
+CLAIMABLE_LITERAL = RawSQL(
+    "state IN ({})".format(", ".join(f"'{state}'" for state in CLAIMABLE_STATES)),
+    [],
+    output_field=BooleanField(),
+)
 
 
 def _due(now: dt.datetime) -> Q:
-    return Q(state__in=CLAIMABLE_STATES, lease_token__isnull=True, run_after__lte=now)
+    return Q(CLAIMABLE_LITERAL, lease_token__isnull=True, run_after__lte=now)
 
 
 def oldest_due(now: dt.datetime, queues: list[str] | None = None) -> dict[str, dt.datetime]:
@@ -57,11 +67,11 @@ def finished_by_name(since: dt.datetime) -> list[dict[str, Any]]:
     rows = (
         TaskResult.objects.filter(date_done__gte=since, state__in=states.READY_STATES)
         .order_by()
-        .values("task_name", "state")
+        .values(name=unindexed("task_name"), final=unindexed("state"))
         .annotate(count=Count("pk"))
-        .order_by("task_name", "state")
+        .order_by("name", "final")
     )
-    return [dict(row) for row in rows]
+    return [{"task_name": r["name"], "state": r["final"], "count": r["count"]} for r in rows]
 
 
 def recent_runtimes(since: dt.datetime, limit: int) -> list[tuple[str, float]]:
