@@ -148,3 +148,13 @@ def test_check_follows_a_real_worker_until_it_is_killed(start_worker, settings):
     )
     assert "is stale: last heartbeat" in out, out
     assert f":{worker.pid} is stale" in out
+
+
+@pytest.mark.django_db
+def test_queue_option_limits_the_table():
+    tasks.add.delay(1, 1)
+    tasks.add.apply_async((2, 2), queue="lopri")
+    code, out = status("--queue", "lopri")
+    assert code == 0
+    rows = [line.split()[0] for line in out.splitlines()[1:] if line and not line[0].isspace()]
+    assert "lopri" in rows and "default" not in rows

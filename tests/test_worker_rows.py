@@ -164,3 +164,15 @@ def test_the_queue_overview_lists_live_and_stale_workers_with_links_to_running_t
     change = reverse("admin:django_tasks_taskresult_change", args=[task.pk])
     assert f'<a href="{change}">{task.task_name}[{task.task_id}]</a>' in page
     assert 'data-col="done">7<' in page and 'data-col="failed">2<' in page
+
+
+@pytest.mark.worker
+def test_a_burst_worker_leaves_a_stopped_row_with_its_counts(start_worker):
+    for i in range(6):
+        tasks.add.delay(i, i)
+    tasks.fail.delay()
+    worker = start_worker("--burst", "--concurrency", "2")
+    assert worker.wait(60) == 0
+    row = WorkerRecord.objects.get(pid=worker.pid)
+    assert row.stopped is not None and row.pool == "prefork"
+    assert (row.tasks_done, row.tasks_failed) == (7, 1)
