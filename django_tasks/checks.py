@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from .conf import DEFAULTS, SETTINGS_NAME, tasks_settings
+from .conf import DEFAULTS, SETTINGS_NAME, metrics_token_problem, tasks_settings
 from .messages import accepted_content_types, check_compression, check_serializer
 
 BOOLEAN_KEYS = (
@@ -201,7 +201,16 @@ def _check_values() -> list[CheckMessage]:
     errors.extend(_bounded_integer("WORKER_PREFETCH_MAX", 13))
     errors.extend(_bounded_integer("BROKER_POOL_LIMIT", 20))
     errors.extend(_check_api())
+    errors.extend(_check_metrics_token(s.METRICS_TOKEN))
     return errors
+
+
+def _check_metrics_token(token: Any) -> list[CheckMessage]:
+    problem = metrics_token_problem(token)
+    if problem is None:
+        return []
+    hint = "For example secrets.token_urlsafe(32), read from the environment."
+    return [_error("METRICS_TOKEN", f"{problem}; the metrics view refuses every token", hint, 32)]
 
 
 def _check_worker() -> list[CheckMessage]:

@@ -61,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "API_PAGE_SIZE": 50,
     "API_MAX_WAIT": 30,  # the cap on ?wait=N (seconds)
     "API_MAX_LONG_POLLS": 100,  # long-polls that may wait at once, per server process
+    # Operations: a scraper's bearer token for tasks/metrics (None: the API's permissions only).
+    "METRICS_TOKEN": None,
 }
 
 #: Settings given as a dotted import string, or a list of them, and read as what they name.
@@ -90,6 +92,23 @@ def perform_import(value: Any, setting_name: str) -> Any:
     if isinstance(value, list | tuple):
         return [import_from_string(item, setting_name) for item in value]
     return import_from_string(value, setting_name)
+
+
+#: The shortest METRICS_TOKEN accepted: a guessable token would open the metrics.
+MIN_METRICS_TOKEN = 16
+
+
+def metrics_token_problem(token: Any) -> str | None:
+    """What is wrong with ``METRICS_TOKEN`` ``token`` (None: nothing; None is no token)."""
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        return f"must be None or a string, not {type(token).__name__}"
+    if len(token) < MIN_METRICS_TOKEN:
+        return f"must be at least {MIN_METRICS_TOKEN} characters long, not {len(token)}"
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        return "must be printable ASCII without spaces (it is sent in an HTTP header)"
+    return None
 
 
 class TasksSettings:

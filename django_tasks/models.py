@@ -14,7 +14,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Count, Min, Q
+from django.db.models import Count, F, Min, Q, Value
+from django.db.models.functions import Concat
 from kombu.utils.json import JSONEncoder as KombuJSONEncoder
 from kombu.utils.json import object_hook as kombu_object_hook
 
@@ -39,6 +40,17 @@ def _json_field(**kwargs: Any) -> models.JSONField:
     return models.JSONField(
         null=True, blank=True, encoder=TaskJSONEncoder, decoder=TaskJSONDecoder, **kwargs
     )
+
+
+def unindexed(field: str) -> Concat:
+    """``field`` as an expression no index covers, to group by: so that SQLite's planner
+    reads the rows the WHERE picks through its index (``date_done``'s), instead of walking a
+    whole-table index (``queue``'s, ``task_name``'s) for the grouping's order."""
+    return Concat(F(field), Value(""), output_field=models.CharField())
+
+
+def _by_queue(row: dict[str, Any]) -> str:
+    return str(row["queue"])
 
 
 class TaskResultQuerySet(models.QuerySet["TaskResult"]):
@@ -72,8 +84,8 @@ class TaskResultQuerySet(models.QuerySet["TaskResult"]):
         recent = Q(date_done__gte=hour_ago)
         rows = (
             self.filter(Q(date_done__isnull=True) | recent)
-            .order_by("queue")
-            .values("queue")
+            .order_by()
+            .values(queue_key=unindexed("queue"))
             .annotate(
                 due=Count("pk", filter=due),
                 scheduled=Count("pk", filter=waiting & Q(run_after__gt=now)),
@@ -83,7 +95,7 @@ class TaskResultQuerySet(models.QuerySet["TaskResult"]):
                 oldest_due=Min("run_after", filter=due),
             )
         )
-        return list(rows)
+        return sorted(({"queue": row.pop("queue_key"), **row} for row in rows), key=_by_queue)
 
 
 class TaskResult(models.Model):
@@ -369,3 +381,64 @@ class RateLimitBucket(models.Model):
 
     def __str__(self) -> str:
         return self.task_name
+
+
+class WorkerRecordQuerySet(models.QuerySet["WorkerRecord"]):
+    def live(self, now: dt.datetime, lease_seconds: float) -> WorkerRecordQuerySet:
+        """Workers not stopped whose last heartbeat is within ``lease_seconds`` of ``now``."""
+        cutoff = now - dt.timedelta(seconds=lease_seconds)
+        return self.filter(stopped__isnull=True, last_heartbeat__gte=cutoff)
+
+    def stale(self, now: dt.datetime, lease_seconds: float) -> WorkerRecordQuerySet:
+        """Workers not stopped cleanly whose heartbeat is older than the lease (killed)."""
+        cutoff = now - dt.timedelta(seconds=lease_seconds)
+        return self.filter(stopped__isnull=True, last_heartbeat__lt=cutoff)
+
+    def purgeable(self, cutoff: dt.datetime) -> WorkerRecordQuerySet:
+        """Workers stopped before ``cutoff``, or silent since before it."""
+        return self.filter(
+            Q(stopped__lt=cutoff) | Q(stopped__isnull=True, last_heartbeat__lt=cutoff)
+        )
+
+
+class WorkerRecord(models.Model):
+    """One ``runworker`` process: written by its supervisor at start, on each heartbeat
+    (one UPDATE whatever the concurrency) and at a clean stop."""
+
+    LIVE = "live"
+    STALE = "stale"
+    STOPPED = "stopped"
+
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list)
+    pool = models.CharField(max_length=20)
+    concurrency = models.PositiveIntegerField()
+    started = models.DateTimeField()
+    last_heartbeat = models.DateTimeField("last heartbeat")
+    stopped = models.DateTimeField(null=True, blank=True)
+    tasks_done = models.PositiveBigIntegerField(
+        "tasks done", default=0, help_text="Tasks this worker ran to a final state."
+    )
+    tasks_failed = models.PositiveBigIntegerField(
+        "tasks failed", default=0, help_text="Of the tasks done, those that ended in FAILURE."
+    )
+    #: ``[{"id": pk, "task_id": ..., "task_name": ...}, ...]`` as of the last heartbeat.
+    running = models.JSONField(default=list, blank=True)
+
+    objects = WorkerRecordQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "worker"
+        ordering = ["hostname", "pid", "-started"]
+        indexes = [models.Index(fields=["last_heartbeat"], name="django_tasks_worker_beat_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.hostname}:{self.pid}"
+
+    def status(self, now: dt.datetime, lease_seconds: float) -> str:
+        """``live``, ``stale`` (no heartbeat within the lease: killed or hung) or ``stopped``."""
+        if self.stopped is not None:
+            return self.STOPPED
+        age = (now - self.last_heartbeat).total_seconds()
+        return self.LIVE if age <= lease_seconds else self.STALE

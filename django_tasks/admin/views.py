@@ -15,7 +15,7 @@ from django.views.generic import FormView, TemplateView
 from django.views.generic.base import ContextMixin, View
 
 from ..conf import tasks_settings
-from ..models import TaskResult
+from ..models import TaskResult, WorkerRecord
 from ..store import finished_before, purge_finished
 from . import display
 
@@ -58,7 +58,8 @@ class AdminPageMixin(_AdminPage):
 
 
 class QueueOverview(AdminPageMixin, TemplateView):
-    """Per queue: due, scheduled, running, failed and succeeded in the last hour, lag."""
+    """Per queue: due, scheduled, running, failed and succeeded in the last hour, lag; then
+    the workers not stopped (live, or stale: no heartbeat within the lease)."""
 
     template_name = "admin/django_tasks/taskresult/queues.html"
     title = "Queue overview"
@@ -70,7 +71,34 @@ class QueueOverview(AdminPageMixin, TemplateView):
             age = (now - row["oldest_due"]).total_seconds() if row["oldest_due"] else None
             row["oldest_due_age"] = display.duration(age)
             row["status"], row["status_class"] = _status(age)
-        return super().get_context_data(queues=rows, now=now, **kwargs)
+        return super().get_context_data(queues=rows, workers=self.workers(now), now=now, **kwargs)
+
+    def workers(self, now: dt.datetime) -> list[dict[str, Any]]:
+        lease = float(tasks_settings.WORKER_LEASE_SECONDS)
+        site = self.model_admin.admin_site.name
+        rows = []
+        for worker in WorkerRecord.objects.filter(stopped__isnull=True):
+            status = worker.status(now, lease)
+            running = [
+                {
+                    **task,
+                    "url": reverse(f"{site}:django_tasks_taskresult_change", args=[task["id"]]),
+                }
+                for task in worker.running
+                if isinstance(task, dict) and isinstance(task.get("id"), int)
+            ]
+            rows.append(
+                {
+                    "worker": worker,
+                    "status": status,
+                    "status_class": "success" if status == WorkerRecord.LIVE else "failure",
+                    "heartbeat_age": display.duration(
+                        (now - worker.last_heartbeat).total_seconds()
+                    ),
+                    "running": running,
+                }
+            )
+        return rows
 
 
 def _status(oldest_due_age: float | None) -> tuple[str, str]:

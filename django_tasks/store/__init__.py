@@ -56,6 +56,7 @@ from .schedules import (
     reschedule,
     sync_code_entries,
 )
+from .status import finished_by_name, oldest_due, recent_runtimes, worker_rows
 from .tasks import (
     NewTask,
     existing_task_ids,
@@ -72,6 +73,7 @@ from .tasks import (
     redispatch_waiting,
     revoke,
 )
+from .workers import heartbeat_worker, purge_workers, register_worker, running_tasks
 
 __all__ = [
     "AcksLatePolicy",
@@ -88,28 +90,34 @@ __all__ = [
     "existing_task_ids",
     "failure_change",
     "finished_before",
+    "finished_by_name",
     "forget",
     "forget_group",
     "give_back",
     "give_back_unstarted",
     "group_task_ids",
     "has_due_rows",
+    "heartbeat_worker",
     "insert_task",
     "insert_tasks",
     "is_returning",
     "link_rerun",
     "mark_dispatched",
     "mark_unsent",
+    "oldest_due",
     "publish_due",
     "purge_finished",
     "purge_groups",
+    "purge_workers",
     "queues_with_overdue_messages",
+    "recent_runtimes",
     "record_bad_message",
     "record_manual_run",
     "record_send_error",
     "record_states",
     "recover_lost",
     "redispatch_waiting",
+    "register_worker",
     "renew",
     "reschedule",
     "revoke",
@@ -117,6 +125,7 @@ __all__ = [
     "revoke_expired",
     "revoked_among",
     "revoked_change",
+    "running_tasks",
     "seconds_until_due",
     "set_chord_handlers",
     "store_custom_state",
@@ -124,4 +133,5 @@ __all__ = [
     "take_starts",
     "terminate_requests",
     "wait_for_turn",
+    "worker_rows",
 ]

@@ -26,6 +26,7 @@ from .execution import ExecutionContext, Outcome, execute
 from .limits import Enforcer, enforcer_for_this_thread
 from .recovery import journal_entry, recover_lost
 from .slots import TaskSlot
+from .tally import Tally
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -84,6 +85,7 @@ class Consumer:
         burst: bool = False,
         enforcer: Enforcer | None = None,
         journal: TaskSlot | None = None,
+        tally: Tally | None = None,
     ) -> None:
         self.queues = queues
         self.hostname = hostname
@@ -93,6 +95,8 @@ class Consumer:
         #: Prefork: shared memory where finished outcomes wait for the next write, so that
         #: the parent records them if this process dies.
         self.journal = journal
+        #: Counters the supervisor reads for the worker's row.
+        self.tally = tally or Tally()
         self.transport = get_transport()
         self.lease_seconds = float(tasks_settings.WORKER_LEASE_SECONDS)
         self.poll_interval = self.transport.poll_interval
@@ -247,7 +251,9 @@ class Consumer:
                 claimed_at = time.monotonic()
             if not outcomes:
                 first_outcome_at = time.monotonic()
+            self.tally.begin(claimed.pk)
             outcome = execute(claimed, self.context)
+            self.tally.end(outcome.change.state)
             outcomes.append(outcome)
             if self.journal is not None:
                 if self._journal(outcome):

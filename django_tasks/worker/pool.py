@@ -23,6 +23,7 @@ from django.db import connections
 from .consumer import Consumer, new_lease_token
 from .limits import SignalEnforcer
 from .slots import TaskSlot, terminate_handler
+from .tally import Tallies, Tally
 
 logger = logging.getLogger("django_tasks.worker")
 
@@ -53,6 +54,7 @@ class PoolConfig:
 class Pool(abc.ABC):
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
+        self.tallies = Tallies()
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -61,6 +63,10 @@ class Pool(abc.ABC):
     @abc.abstractmethod
     def lease_tokens(self) -> list[str]:
         """Tokens of the loops alive now."""
+
+    def tally(self) -> tuple[int, int, list[int]]:
+        """``(tasks done, tasks failed, pks of the tasks running now)`` over every loop."""
+        return self.tallies.totals(self.lease_tokens())
 
     @abc.abstractmethod
     def reap(self) -> list[LostLoop]:
@@ -93,7 +99,7 @@ class ThreadPool(Pool):
         self._threads: dict[str, threading.Thread] = {}
         self._failed: list[LostLoop] = []
 
-    def _target(self, token: str) -> None:
+    def _target(self, token: str, tally: Tally) -> None:
         try:
             Consumer(
                 self.config.queues,
@@ -101,6 +107,7 @@ class ThreadPool(Pool):
                 lease_token=token,
                 stop=self.config.stop,
                 burst=self.config.burst,
+                tally=tally,
             ).run()
         except BaseException:  # SystemExit included: the thread is replaced, never silent
             logger.exception("Consumer thread crashed; it is replaced")
@@ -116,7 +123,7 @@ class ThreadPool(Pool):
         token = new_lease_token()
         thread = threading.Thread(
             target=self._target,
-            args=(token,),
+            args=(token, self.tallies.new(token)),
             daemon=True,
             name=f"django-tasks-consumer-{len(self._threads)}",
         )
@@ -128,6 +135,7 @@ class ThreadPool(Pool):
             return
         for token in [t for t, th in self._threads.items() if not th.is_alive()]:
             del self._threads[token]
+            self.tallies.retire(token)
         while len(self._threads) < self.config.concurrency:
             self._start_thread()
 
@@ -151,6 +159,7 @@ class SoloPool(ThreadPool):
 
     def start(self) -> None:
         self._token = new_lease_token()
+        self._tally = self.tallies.new(self._token)
 
     def respawn(self) -> None:
         """The one loop runs in the main thread; if it fails, the worker exits."""
@@ -164,6 +173,7 @@ class SoloPool(ThreadPool):
                 lease_token=self._token,
                 stop=self.config.stop,
                 burst=self.config.burst,
+                tally=self._tally,
             ).run()
         except BaseException:
             self._failed.append(LostLoop(self._token))
@@ -209,6 +219,7 @@ class PreforkPool(Pool):
     def _spawn(self) -> None:
         token = new_lease_token()
         slot = TaskSlot()
+        tally = self.tallies.new(token)
         connections.close_all()  # never share a connection's socket across fork
         parent = os.getpid()
         pid = os.fork()
@@ -237,6 +248,7 @@ class PreforkPool(Pool):
                 burst=self.config.burst,
                 enforcer=SignalEnforcer(slot),
                 journal=slot,
+                tally=tally,
             ).run()
         except BaseException:
             logger.exception("Worker process crashed")
@@ -267,6 +279,8 @@ class PreforkPool(Pool):
             token = self._children.pop(pid, None)
             slot = self._slots.pop(pid, None)
             code = os.waitstatus_to_exitcode(status)
+            if token is not None:
+                self.tallies.retire(token)
             if token is not None and code != 0:
                 logger.error(
                     "Worker process %d exited with %s",

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -51,6 +52,8 @@ class Worker:
         self.watchdog = Watchdog(self.pool) if isinstance(self.pool, PreforkPool) else None
         #: The periodic task scheduler (not in a burst, which exits once drained).
         self.scheduler = Scheduler() if beat and not burst else None
+        #: This worker's row (WorkerRecord), once registered.
+        self.record_pk: int | None = None
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -87,6 +90,13 @@ class Worker:
         store.revoke_expired()
         if self.scheduler is not None:
             self.scheduler.sync()
+        self.record_pk = store.register_worker(
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            pool=self.pool_name,
+            concurrency=self.concurrency,
+        )
         connections.close_all()
         self.pool.start()
         if self.pool_name == "solo":
@@ -103,7 +113,26 @@ class Worker:
             helper.join()
         else:
             self._supervise()
+        self._heartbeat(stopped=True)
         return self._exit_code or 0
+
+    def _heartbeat(self, *, stopped: bool = False) -> None:
+        """Write the worker's row: one UPDATE (and a read of its running tasks by key)."""
+        if self.record_pk is None:
+            return
+        done, failed, pks = self.pool.tally()
+        if stopped:
+            try:
+                store.heartbeat_worker(
+                    self.record_pk, done=done, failed=failed, running=[], stopped=True
+                )
+            except DatabaseError as exc:
+                logger.warning("Could not mark the worker's row stopped (%s)", exc)
+            finally:
+                connections.close_all()
+            return
+        running = store.running_tasks(pks)
+        store.heartbeat_worker(self.record_pk, done=done, failed=failed, running=running)
 
     def _supervise(self) -> None:
         transport: Transport = get_transport()
@@ -150,6 +179,7 @@ class Worker:
                     self._settle()
                     if now >= next_renew:
                         store.renew(self.pool.lease_tokens(), self.lease_seconds)
+                        self._heartbeat()
                         next_renew = now + renew_every
                     if transport.needs_relay and now >= next_relay:  # due tasks with no message
                         due_in = transport.relay()
@@ -188,6 +218,7 @@ class Worker:
         try:
             for loop in lost:
                 settle_lost_loop(loop.token, loop.slot)
+            self._heartbeat(stopped=True)
         finally:
             logging.shutdown()
             os._exit(1)

@@ -9,7 +9,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from django_tasks.conf import tasks_settings
-from django_tasks.store import finished_before, purge_finished
+from django_tasks.models import WorkerRecord
+from django_tasks.store import finished_before, purge_finished, purge_workers
 
 #: The longest age --older-than takes: 100 years (the admin's purge page takes the same).
 MAX_DAYS = 36_500
@@ -18,7 +19,8 @@ MAX_DAYS = 36_500
 class Command(BaseCommand):
     help = (
         "Delete finished results (SUCCESS, FAILURE, REVOKED) and their history, done more "
-        "than --older-than days ago (default: RESULT_EXPIRES). Unfinished tasks are kept."
+        "than --older-than days ago (default: RESULT_EXPIRES), and the rows of workers stopped or "
+        "silent since then. Unfinished tasks are kept."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -47,9 +49,18 @@ class Command(BaseCommand):
             )
         else:
             age = dt.timedelta(days=older_than)
+        cutoff = timezone.now() - age
         if dry_run:
-            count = finished_before(timezone.now() - age).count()
-            self.stdout.write(f"Would delete {count} finished result(s) older than {age}.")
+            count = finished_before(cutoff).count()
+            workers = WorkerRecord.objects.purgeable(cutoff).count()
+            self.stdout.write(
+                f"Would delete {count} finished result(s) older than {age}, "
+                f"and {workers} stopped or stale worker row(s)."
+            )
             return
         deleted = purge_finished(age)
-        self.stdout.write(f"Deleted {deleted} finished result(s) older than {age}.")
+        workers = purge_workers(cutoff)
+        self.stdout.write(
+            f"Deleted {deleted} finished result(s) older than {age}, "
+            f"and {workers} stopped or stale worker row(s)."
+        )
