@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import django
@@ -59,7 +62,23 @@ STATUS = {
 ATTEMPT_ENDS = (states.RETRY, states.SUCCESS, states.FAILURE, states.PENDING)
 
 _adapters: dict[str, Task[Any, Any]] = {}
+#: The user tasks enqueued in this context are sent for (``enqueue_as``).
+_owner: ContextVar[Any] = ContextVar("django_tasks_backend_owner", default=None)
 _adapters_lock = threading.Lock()
+
+
+@contextmanager
+def enqueue_as(user: Any) -> Iterator[None]:
+    """Send the ``django.tasks`` tasks enqueued in this block for ``user``, as
+    ``apply_async(owner=user)`` does: the HTTP API lets that user read and revoke them.
+
+    ``django.tasks`` has no such argument; a context variable carries it (threads and
+    ``async`` code each see their own)."""
+    token = _owner.set(user)
+    try:
+        yield
+    finally:
+        _owner.reset(token)
 
 
 def to_our_priority(priority: int) -> int:
@@ -96,6 +115,7 @@ class TasksBackend(BaseTaskBackend):
             priority=to_our_priority(task.priority),
             eta=task.run_after,
             headers={HEADER: header},
+            **({"owner": _owner.get()} if _owner.get() is not None else {}),
         )
         result: DjangoTaskResult = DjangoTaskResult(
             task=task,
@@ -316,4 +336,4 @@ def _replace(result: DjangoTaskResult, **changes: Any) -> DjangoTaskResult:
     return DjangoTaskResult(**fields)
 
 
-__all__ = ["TasksBackend", "resolve", "to_our_priority"]
+__all__ = ["TasksBackend", "enqueue_as", "resolve", "to_our_priority"]

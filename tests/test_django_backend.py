@@ -201,3 +201,14 @@ def test_a_task_enqueued_in_a_rolled_back_transaction_is_never_sent():
         result = dtasks.add.enqueue(1, 1)
         raise Rollback
     assert not TaskResult.objects.filter(task_id=result.id).exists()
+
+
+def test_enqueue_as_records_the_owner_the_api_lets_in(django_user_model):
+    from django_tasks.backend import enqueue_as
+
+    user = django_user_model.objects.create_user("ada", password="x")
+    with enqueue_as(user):
+        owned = dtasks.add.enqueue(1, 2)
+    anonymous = dtasks.add.enqueue(1, 2)
+    owners = dict(TaskResult.objects.values_list("task_id", "owner_id"))
+    assert owners[owned.id] == user.pk and owners[anonymous.id] is None
