@@ -48,11 +48,17 @@ class PoolConfig:
     concurrency: int
     burst: bool
     stop: threading.Event = field(default_factory=threading.Event)
+    #: prefork only: a child is replaced after this many tasks, or once its resident memory
+    #: is over this many KiB after a task.
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: int | None = None
 
 
 class Pool(abc.ABC):
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
+        #: Loops that ended to be replaced (a limit they reached), since the last respawn.
+        self.retired = 0
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -217,6 +223,7 @@ class PreforkPool(Pool):
             self._slots[pid] = slot
             return
         code = 0
+        consumer = None
         try:
             _stop_with_parent()
             if os.getppid() != parent:
@@ -229,7 +236,7 @@ class PreforkPool(Pool):
             from .. import transports
 
             transports._local.__dict__.clear()
-            Consumer(
+            consumer = Consumer(
                 self.config.queues,
                 hostname=process_name(),
                 lease_token=token,
@@ -237,7 +244,12 @@ class PreforkPool(Pool):
                 burst=self.config.burst,
                 enforcer=SignalEnforcer(slot),
                 journal=slot,
-            ).run()
+                max_tasks=self.config.max_tasks_per_child,
+                max_memory_kib=self.config.max_memory_per_child,
+            )
+            consumer.run()
+            if consumer.retired is not None:
+                slot.retire()
         except BaseException:
             logger.exception("Worker process crashed")
             code = 1
@@ -267,7 +279,11 @@ class PreforkPool(Pool):
             token = self._children.pop(pid, None)
             slot = self._slots.pop(pid, None)
             code = os.waitstatus_to_exitcode(status)
-            if token is not None and code != 0:
+            if token is not None and code == 0 and slot is not None and slot.retired():
+                # A planned exit: it recorded its outcomes and gave back what it had not
+                # started, so there is nothing to settle; it is replaced, even in a burst.
+                self.retired += 1
+            elif token is not None and code != 0:
                 logger.error(
                     "Worker process %d exited with %s",
                     pid,
@@ -277,9 +293,14 @@ class PreforkPool(Pool):
         return lost
 
     def respawn(self) -> None:
+        retired, self.retired = self.retired, 0
         if self.config.stop.is_set():
             return
-        while len(self._children) < self.config.concurrency and not self.config.burst:
+        if self.config.burst:  # a burst replaces retired children only, not dead ones
+            for _ in range(retired):
+                self._spawn()
+            return
+        while len(self._children) < self.config.concurrency:
             self._spawn()
 
     def alive(self) -> bool:

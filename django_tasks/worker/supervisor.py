@@ -36,14 +36,33 @@ class Worker:
     """``runworker``: run consumer loops in a pool until stopped (or, with burst, drained)."""
 
     def __init__(
-        self, *, queues: list[str], concurrency: int, pool: str, burst: bool, beat: bool = True
+        self,
+        *,
+        queues: list[str],
+        concurrency: int,
+        pool: str,
+        burst: bool,
+        beat: bool = True,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
     ) -> None:
         self.queues = queues
         self.concurrency = concurrency
         self.pool_name = pool
         self.burst = burst
         self.lease_seconds = float(tasks_settings.WORKER_LEASE_SECONDS)
-        self.pool = make_pool(pool, PoolConfig(queues=queues, concurrency=concurrency, burst=burst))
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
+        self.pool = make_pool(
+            pool,
+            PoolConfig(
+                queues=queues,
+                concurrency=concurrency,
+                burst=burst,
+                max_tasks_per_child=max_tasks_per_child,
+                max_memory_per_child=max_memory_per_child,
+            ),
+        )
         self._signals = 0
         self._woken = threading.Event()
         self._exit_code: int | None = None
@@ -64,10 +83,19 @@ class Worker:
             f"  concurrency: {self.concurrency} ({self.pool_name})"
             + ("  [burst: exits when no task is due]" if self.burst else ""),
             f"  beat:        {'on' if self.scheduler else 'off'}",
+            *self._recycle_line(),
             f"  tasks ({len(names)}):",
             *[f"    . {name}" for name in names],
         ]
         return "\n".join(lines)
+
+    def _recycle_line(self) -> list[str]:
+        limits = []
+        if self.max_tasks_per_child is not None:
+            limits.append(f"{self.max_tasks_per_child} tasks")
+        if self.max_memory_per_child is not None:
+            limits.append(f"{self.max_memory_per_child} KiB resident")
+        return [f"  children:    replaced after {' or '.join(limits)}"] if limits else []
 
     def _install_signal_handlers(self) -> None:
         def handle(signum: int, _frame: Any) -> None:
@@ -132,7 +160,7 @@ class Worker:
                     )
                     self.pool.request_stop()
                 lost = self.pool.reap()
-                if lost:
+                if lost or self.pool.retired:
                     self._lost.extend(lost)
                     self.pool.respawn()
                 if not self.pool.alive():

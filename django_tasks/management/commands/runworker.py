@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from typing import Any
@@ -14,6 +15,24 @@ from django_tasks.worker import Worker
 from django_tasks.worker.pool import POOLS
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: The settings behind the prefork-only flags.
+CHILD_LIMITS = {
+    "max_tasks_per_child": "WORKER_MAX_TASKS_PER_CHILD",
+    "max_memory_per_child": "WORKER_MAX_MEMORY_PER_CHILD",
+}
+
+logger = logging.getLogger("django_tasks.worker")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}")
+    return value
 
 
 class Command(BaseCommand):
@@ -50,6 +69,22 @@ class Command(BaseCommand):
             help="Do not run the periodic task scheduler in this worker.",
         )
         parser.add_argument(
+            "--max-tasks-per-child",
+            type=positive_int,
+            default=None,
+            metavar="N",
+            help="prefork: replace a child after it has run N tasks "
+            "(default: WORKER_MAX_TASKS_PER_CHILD, None: never).",
+        )
+        parser.add_argument(
+            "--max-memory-per-child",
+            type=positive_int,
+            default=None,
+            metavar="KIB",
+            help="prefork: replace a child whose resident memory is over KIB kibibytes after "
+            "a task (default: WORKER_MAX_MEMORY_PER_CHILD, None: never).",
+        )
+        parser.add_argument(
             "-l",
             "--loglevel",
             choices=LOG_LEVELS,
@@ -82,18 +117,47 @@ class Command(BaseCommand):
                 raise CommandError("--pool solo runs one task at a time; use --concurrency 1")
             concurrency = 1
         configure_logging(options["loglevel"])
+        limits = child_limits(options)
         worker = Worker(
             queues=queues,
             concurrency=concurrency,
             pool=options["pool"],
             burst=options["burst"],
             beat=not options["without_beat"],
+            **limits,
         )
         self.stdout.write(worker.banner())
         self.stdout.flush()
         code = worker.run()
         if code:
             sys.exit(code)
+
+
+def child_limits(options: dict[str, Any]) -> dict[str, int | None]:
+    """``--max-tasks-per-child`` and ``--max-memory-per-child``, else their settings.
+
+    They recycle prefork children. Other pools have no child to replace: a flag is then an
+    error, a setting (which every worker reads, whatever its pool) is ignored with a warning.
+    """
+    limits: dict[str, int | None] = {}
+    for name, setting in CHILD_LIMITS.items():
+        flag = "--" + name.replace("_", "-")
+        value = options[name]
+        if value is not None and options["pool"] != "prefork":
+            raise CommandError(
+                f"{flag} replaces prefork children; --pool {options['pool']} has none"
+            )
+        if value is None:
+            value = getattr(tasks_settings, setting)
+            if value is not None and options["pool"] != "prefork":
+                logger.warning(
+                    "%s is ignored: --pool %s has no child processes to replace",
+                    setting,
+                    options["pool"],
+                )
+                value = None
+        limits[name] = value
+    return limits
 
 
 def configure_logging(level: str) -> None:
