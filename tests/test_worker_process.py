@@ -97,6 +97,13 @@ def test_a_killed_child_is_recovered_at_once_and_replaced(start_worker):
     os.kill(child_pid, signal.SIGKILL)
     wait_until(lambda: res.ready(), timeout=10, what="the parent to recover the task")
     assert isinstance(res.result, WorkerLostError)
+    wait_until(
+        lambda: (
+            f"Recovered task tests.taskapp.tasks.sleep_then_record[{res.id}] from lost "
+            "worker" in worker.output()
+        ),
+        what="the log line naming the task",
+    )
     after = tasks.add.delay(1, 1)
     assert after.get(timeout=20) == 2  # a replacement child took over
 

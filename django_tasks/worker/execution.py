@@ -80,7 +80,9 @@ def execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
     try:
         outcome = _execute(claimed, ctx)
     except BaseException as exc:  # a bug of ours, or a task that outwits run_task
-        logger.exception("Task %s[%s]: the worker failed to run it", claimed.task_name, claimed.pk)
+        logger.exception(
+            "Task %s[%s]: the worker failed to run it", claimed.task_name, claimed.task_id
+        )
         outcome = Outcome(failure_change(claimed.pk, exc, traceback=format_traceback(exc)))
     change = outcome.change
     chord = claimed.options.get("chord")

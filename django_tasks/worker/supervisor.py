@@ -21,6 +21,7 @@ from .beat import Scheduler
 from .consumer import refresh_connections
 from .pool import LostLoop, PoolConfig, PreforkPool, make_pool, process_name
 from .recovery import recover_lost, settle_lost_loop
+from .startup import database_label, wait_until_ready
 from .watchdog import Watchdog
 
 logger = logging.getLogger("django_tasks.worker")
@@ -73,12 +74,20 @@ class Worker:
 
     # -- start-up ------------------------------------------------------------------------------
 
+    def wait_until_ready(self) -> None:
+        """Wait for the database and the broker to answer; StartupError if the worker
+        cannot start (e.g. the database is not migrated)."""
+        wait_until_ready(get_transport())
+
     def banner(self) -> str:
         transport = get_transport()
         names = sorted(tasks_registry)
+        broker = transport.broker_uri()
         lines = [
             f"django_tasks worker {process_name()}",
             f"  transport:   {transport.describe()}",
+            f"  database:    {database_label()}",
+            f"  broker:      {broker or 'none (the database is the queue)'}",
             f"  queues:      {', '.join(self.queues)}",
             f"  concurrency: {self.concurrency} ({self.pool_name})"
             + ("  [burst: exits when no task is due]" if self.burst else ""),

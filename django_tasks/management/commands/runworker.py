@@ -13,6 +13,7 @@ from django_tasks.conf import tasks_settings
 from django_tasks.options import queue_name_problem
 from django_tasks.worker import Worker
 from django_tasks.worker.pool import POOLS
+from django_tasks.worker.startup import StartupError
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 #: The settings behind the prefork-only flags.
@@ -126,6 +127,12 @@ class Command(BaseCommand):
             beat=not options["without_beat"],
             **limits,
         )
+        try:
+            worker.wait_until_ready()
+        except StartupError as exc:
+            raise CommandError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise CommandError("interrupted before the worker started") from None
         self.stdout.write(worker.banner())
         self.stdout.flush()
         code = worker.run()
