@@ -5,7 +5,7 @@ import signal
 import pytest
 
 from django_tasks import states
-from django_tasks.exceptions import WorkerLostError
+from django_tasks.exceptions import NotRegistered, WorkerLostError
 from django_tasks.models import TaskResult
 from tests.conftest import broker_url, wait_until
 from tests.taskapp import tasks
@@ -131,6 +131,8 @@ def test_bad_rows_are_recorded_as_failures_and_the_worker_goes_on(start_worker):
     assert start_worker("--burst", "--concurrency", "1").wait(60) == 0
     assert unknown.state == states.FAILURE
     assert "gone.task" in str(unknown.result)
+    assert isinstance(unknown.result, NotRegistered)
+    assert "if the task is newer than the worker, restart the workers" in str(unknown.result)
     assert malformed.state == states.FAILURE
     assert good.get(timeout=1) == 5
 

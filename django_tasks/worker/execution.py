@@ -37,6 +37,12 @@ from .limits import Enforcer, Limits
 
 logger = logging.getLogger("django_tasks.worker")
 
+#: Why a worker may not know a task its caller knows.
+UNKNOWN_TASK_HINT = (
+    "the worker that claimed it does not know it; if the task is newer than the worker, "
+    "restart the workers"
+)
+
 
 @dataclass(slots=True)
 class ExecutionContext:
@@ -112,9 +118,11 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
         return Outcome(revoked_change(claimed.pk, "expired", now))
     task = tasks_registry.get(claimed.task_name)
     if task is None:
-        exc = NotRegistered(claimed.task_name)
+        exc = NotRegistered(claimed.task_name, f"{UNKNOWN_TASK_HINT} ({ctx.hostname})")
         return Outcome(
-            failure_change(claimed.pk, exc, detail=f"unknown task {claimed.task_name!r}")
+            failure_change(
+                claimed.pk, exc, detail=f"unknown task {claimed.task_name!r}: {UNKNOWN_TASK_HINT}"
+            )
         )
     try:
         compression = claimed.options.get("compression")

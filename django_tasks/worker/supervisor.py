@@ -106,10 +106,17 @@ class Worker:
             limits.append(f"{self.max_memory_per_child} KiB resident")
         return [f"  children:    replaced after {' or '.join(limits)}"] if limits else []
 
+    def request_stop(self) -> None:
+        """What a signal does: a warm shutdown the first time, a cold one the second."""
+        self._signals += 1
+        self._woken.set()
+
     def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # under --reload: the reloader owns the main thread and its signals
+
         def handle(signum: int, _frame: Any) -> None:
-            self._signals += 1
-            self._woken.set()
+            self.request_stop()
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)

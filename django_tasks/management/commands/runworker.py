@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import autoreload
 
 from django_tasks.conf import tasks_settings
 from django_tasks.options import queue_name_problem
@@ -86,6 +88,11 @@ class Command(BaseCommand):
             "a task (default: WORKER_MAX_MEMORY_PER_CHILD, None: never).",
         )
         parser.add_argument(
+            "--reload",
+            action="store_true",
+            help="Restart the worker when code changes (development; Django's autoreloader).",
+        )
+        parser.add_argument(
             "-l",
             "--loglevel",
             choices=LOG_LEVELS,
@@ -117,16 +124,29 @@ class Command(BaseCommand):
             if options["concurrency"] is not None:
                 raise CommandError("--pool solo runs one task at a time; use --concurrency 1")
             concurrency = 1
+        if options["reload"] and options["burst"]:
+            raise CommandError("--reload restarts a worker that runs until stopped, not --burst")
         configure_logging(options["loglevel"])
-        limits = child_limits(options)
-        worker = Worker(
-            queues=queues,
-            concurrency=concurrency,
-            pool=options["pool"],
-            burst=options["burst"],
-            beat=not options["without_beat"],
-            **limits,
-        )
+        worker_options = {
+            "queues": queues,
+            "concurrency": concurrency,
+            "pool": options["pool"],
+            "burst": options["burst"],
+            "beat": not options["without_beat"],
+            **child_limits(options),
+        }
+        if options["reload"]:
+            # As runserver: this process restarts a child process running the worker
+            # (in a thread, the reloader watching files in the main one) on each change.
+            autoreload.run_with_reloader(self.run_reloading, worker_options)
+            return
+        code = self.run_worker(Worker(**worker_options))
+        if code:
+            sys.exit(code)
+
+    def run_worker(self, worker: Worker, running: threading.Event | None = None) -> int:
+        """Wait for the database and broker, print the banner, run (``running`` set from
+        then on); the exit status."""
         try:
             worker.wait_until_ready()
         except StartupError as exc:
@@ -135,9 +155,35 @@ class Command(BaseCommand):
             raise CommandError("interrupted before the worker started") from None
         self.stdout.write(worker.banner())
         self.stdout.flush()
-        code = worker.run()
+        if running is not None:
+            running.set()
+        return worker.run()
+
+    def run_reloading(self, worker_options: dict[str, Any]) -> None:
+        """The worker in the reloader's child process: on a code change, a warm shutdown
+        (running tasks finish, claimed ones are given back) before the process restarts."""
+        worker = Worker(**worker_options)
+        running, stopped = threading.Event(), threading.Event()
+
+        def on_change(sender: Any, file_path: Any, **kwargs: Any) -> None:
+            logger.warning("%s changed: restarting the worker", file_path)
+            if running.is_set():  # else still waiting for the database or broker: no task
+                worker.request_stop()
+                stopped.wait()
+            # Returning None lets the reloader restart the process.
+
+        autoreload.file_changed.connect(on_change, weak=False)
+        try:
+            code = self.run_worker(worker, running)
+        except CommandError as exc:
+            logger.error("%s; the worker starts again when a file changes", exc)
+            return
+        finally:
+            stopped.set()
         if code:
-            sys.exit(code)
+            logger.error(
+                "The worker stopped (status %d); it starts again when a file changes", code
+            )
 
 
 def child_limits(options: dict[str, Any]) -> dict[str, int | None]:
