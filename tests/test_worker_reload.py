@@ -46,6 +46,18 @@ def reload_app(tmp_path):
         del tasks_registry[name]
 
 
+def change(path, text, seen, timeout=60):
+    """Write ``text`` to ``path`` and touch it until ``seen()``: a reloader notices changes
+    from its first look at the files on, which may come a little after the banner."""
+    path.write_text(text)
+    deadline = time.monotonic() + timeout
+    while not seen():
+        assert time.monotonic() < deadline, f"no reload after writing {path}"
+        time.sleep(0.5)
+        if not seen():
+            os.utime(path)
+
+
 def test_a_task_added_after_start_runs_after_the_reload(start_worker, reload_app):
     env = {
         "PYTHONPATH": os.pathsep.join([str(reload_app.parent), os.environ.get("PYTHONPATH", "")]),
@@ -55,14 +67,8 @@ def test_a_task_added_after_start_runs_after_the_reload(start_worker, reload_app
     wait_until(lambda: ". reloadapp.tasks.old" in worker.output(), timeout=30, what="the banner")
     assert "reloadapp.tasks.shout" not in worker.output()
 
-    # The reloader notices changes from its first look at the files on: write until it does.
     tasks_py = reload_app / "tasks.py"
-    tasks_py.write_text(OLD + NEW)
-    deadline = time.monotonic() + 30
-    while "tasks.py changed: restarting the worker" not in worker.output():
-        assert time.monotonic() < deadline, worker.output()
-        time.sleep(0.5)
-        os.utime(tasks_py)
+    change(tasks_py, OLD + NEW, lambda: "tasks.py changed: restarting" in worker.output())
     wait_until(
         lambda: ". reloadapp.tasks.shout" in worker.output(), timeout=30, what="the new banner"
     )
@@ -72,9 +78,18 @@ def test_a_task_added_after_start_runs_after_the_reload(start_worker, reload_app
     assert result.get(timeout=30) == "HELLO", worker.output()
     assert result.state == states.SUCCESS
     out = worker.output()
-    assert out.count("django_tasks worker ") == 2  # one restart, by the reloader
+    assert out.count("django_tasks worker ") >= 2  # restarted by the reloader
     assert "Warm shutdown" in out
     assert worker.proc.poll() is None
+
+    # A typo keeps the next worker from starting; fixing it starts one again.
+    failed = "The worker exited with status 1; it starts again when a file changes"
+    change(tasks_py, OLD + NEW + "\ndef broken(:\n", lambda: failed in worker.output())
+    assert "SyntaxError" in worker.output()
+    fixed = OLD + NEW.replace("shout", "whisper").replace("upper", "lower")
+    change(tasks_py, fixed, lambda: ". reloadapp.tasks.whisper" in worker.output())
+    importlib.reload(sys.modules["reloadapp.tasks"])
+    assert signature("reloadapp.tasks.whisper", ("HeLLo",)).delay().get(timeout=30) == "hello"
 
 
 def test_reload_and_burst_do_not_mix():

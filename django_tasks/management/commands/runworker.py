@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -115,8 +118,6 @@ class Command(BaseCommand):
                 raise CommandError(f"--queues: queue {queue!r} {problem}")
         concurrency = options["concurrency"]
         if concurrency is None:
-            import os
-
             concurrency = os.cpu_count() or 1
         if concurrency < 1:
             raise CommandError(f"--concurrency must be at least 1, not {concurrency}")
@@ -136,9 +137,12 @@ class Command(BaseCommand):
             **child_limits(options),
         }
         if options["reload"]:
-            # As runserver: this process restarts a child process running the worker
-            # (in a thread, the reloader watching files in the main one) on each change.
-            autoreload.run_with_reloader(self.run_reloading, worker_options)
+            if os.environ.get(autoreload.DJANGO_AUTORELOAD_ENV) == "true":
+                # As runserver's child process: the worker in a thread, the reloader
+                # watching files in the main one.
+                autoreload.run_with_reloader(self.run_reloading, worker_options)
+            else:
+                restart_until_stopped()
             return
         code = self.run_worker(Worker(**worker_options))
         if code:
@@ -184,6 +188,42 @@ class Command(BaseCommand):
             logger.error(
                 "The worker stopped (status %d); it starts again when a file changes", code
             )
+
+
+def restart_until_stopped() -> None:
+    """The first process of ``--reload``: run the worker in a child process, again after each
+    code change (Django's ``restart_with_reloader``), and also after a change to code that
+    kept the child from starting (a syntax error in a tasks.py), where runserver's own
+    special case of ``manage.py`` does not reach."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            code = autoreload.restart_with_reloader()
+            if code <= 0:  # it stopped (Ctrl-C), or was killed
+                sys.exit(1 if code else 0)
+            logger.error(
+                "The worker exited with status %d; it starts again when a file changes", code
+            )
+            wait_for_a_change()
+    except KeyboardInterrupt:
+        pass
+
+
+def wait_for_a_change(interval: float = 1.0) -> None:
+    """Return once a Python module this process imported changes on disk."""
+
+    def mtimes() -> dict[Any, float]:
+        found = {}
+        for path in autoreload.iter_all_python_module_files():
+            try:
+                found[path] = path.stat().st_mtime
+            except OSError:
+                continue
+        return found
+
+    before = mtimes()
+    while mtimes() == before:
+        time.sleep(interval)
 
 
 def child_limits(options: dict[str, Any]) -> dict[str, int | None]:
