@@ -245,6 +245,15 @@ def _check_worker() -> list[CheckMessage]:
                 21,
             )
         )
+    for key, id_, unit in (
+        ("WORKER_MAX_TASKS_PER_CHILD", 40, "tasks"),
+        ("WORKER_MAX_MEMORY_PER_CHILD", 41, "KiB of resident memory"),
+    ):
+        value = getattr(s, key)
+        if value is not None and not (_is_integer(value) and value >= 1):
+            errors.append(
+                _error(key, f"must be None or an integer >= 1 ({unit}), not {value!r}", "", id_)
+            )
     return errors
 
 

@@ -50,6 +50,10 @@ DEFAULTS: dict[str, Any] = {
     # How often an acks_late task whose worker died while running it is queued again
     # before it fails with WorkerLostError (a task that kills its process cannot loop).
     "WORKER_LOST_MAX_REDELIVERIES": 3,
+    # Celery's worker_max_tasks_per_child and worker_max_memory_per_child (KiB): a prefork
+    # child that reaches either is replaced after its current task; None: no limit.
+    "WORKER_MAX_TASKS_PER_CHILD": None,
+    "WORKER_MAX_MEMORY_PER_CHILD": None,
     # Periodic tasks (docs/periodic.md): Celery beat's entries, and the zone crontabs are
     # read in (None: TIME_ZONE).
     "BEAT_SCHEDULE": {},

@@ -35,10 +35,11 @@ class TaskRevokedError(TaskError):
 
 
 class NotRegistered(KeyError):
-    """No task of that name is registered."""
+    """No task of that name is registered (``NotRegistered(name[, why])``)."""
 
     def __str__(self) -> str:
-        return f"Task {self.args[0]!r} is not registered"
+        why = f": {self.args[1]}" if len(self.args) > 1 else ""
+        return f"Task {self.args[0]!r} is not registered{why}"
 
 
 class ImproperlyConfiguredTask(ValueError):

@@ -1,12 +1,15 @@
 """Test settings: the demo project plus a test app; a file-based SQLite test database so
 that worker subprocesses can share it."""
 
+import os
 from pathlib import Path
 
 from testproject.settings import *  # noqa: F403
 from testproject.settings import BASE_DIR, DATABASES, INSTALLED_APPS
 
-INSTALLED_APPS = [*INSTALLED_APPS, "tests.taskapp"]
+# Apps a test writes on the fly (e.g. for runworker --reload), comma-separated, on PYTHONPATH.
+EXTRA_APPS = [a for a in os.environ.get("DJANGO_TASKS_TEST_EXTRA_APPS", "").split(",") if a]
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.taskapp", *EXTRA_APPS]
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Beside the configured database and named after it, so that runs against different

@@ -65,7 +65,10 @@ def test_prefork_hard_limit_kills_and_replaces_the_child(start_worker):
     assert isinstance(res.get(timeout=30, propagate=False), TimeLimitExceeded)
     assert res.state == states.FAILURE
     assert (states.FAILURE, "time limit (1s) exceeded") in details(res)
-    assert "exceeded its time limit (1s): killing worker process" in worker.output()
+    assert (
+        f"Task tests.taskapp.tasks.hard_limited[{res.id}] exceeded its time limit (1s): "
+        "killing worker process" in worker.output()
+    )
     wait_until(lambda: Run.objects.filter(label__startswith="errback:").exists(), what="errback")
     assert Run.objects.get(label__startswith="errback:").label.startswith(
         "errback:TimeLimitExceeded"

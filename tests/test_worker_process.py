@@ -5,7 +5,7 @@ import signal
 import pytest
 
 from django_tasks import states
-from django_tasks.exceptions import WorkerLostError
+from django_tasks.exceptions import NotRegistered, WorkerLostError
 from django_tasks.models import TaskResult
 from tests.conftest import broker_url, wait_until
 from tests.taskapp import tasks
@@ -97,6 +97,13 @@ def test_a_killed_child_is_recovered_at_once_and_replaced(start_worker):
     os.kill(child_pid, signal.SIGKILL)
     wait_until(lambda: res.ready(), timeout=10, what="the parent to recover the task")
     assert isinstance(res.result, WorkerLostError)
+    wait_until(
+        lambda: (
+            f"Recovered task tests.taskapp.tasks.sleep_then_record[{res.id}] from lost "
+            "worker" in worker.output()
+        ),
+        what="the log line naming the task",
+    )
     after = tasks.add.delay(1, 1)
     assert after.get(timeout=20) == 2  # a replacement child took over
 
@@ -124,6 +131,8 @@ def test_bad_rows_are_recorded_as_failures_and_the_worker_goes_on(start_worker):
     assert start_worker("--burst", "--concurrency", "1").wait(60) == 0
     assert unknown.state == states.FAILURE
     assert "gone.task" in str(unknown.result)
+    assert isinstance(unknown.result, NotRegistered)
+    assert "if the task is newer than the worker, restart the workers" in str(unknown.result)
     assert malformed.state == states.FAILURE
     assert good.get(timeout=1) == 5
 

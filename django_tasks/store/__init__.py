@@ -29,6 +29,7 @@ from .changes import (
     record_states,
     revoked_change,
     store_custom_state,
+    task_label,
 )
 from .leases import (
     AcksLatePolicy,
@@ -131,6 +132,7 @@ __all__ = [
     "store_custom_state",
     "sync_code_entries",
     "take_starts",
+    "task_label",
     "terminate_requests",
     "wait_for_turn",
     "worker_rows",

@@ -62,6 +62,16 @@ class _LeaseLost(Exception):
     """A batched write matched fewer rows than it had changes: redo it row by row."""
 
 
+def task_label(pk: int) -> str:
+    """``name[task id]`` of task row ``pk``, for log lines (users know tasks by id, not by
+    row); ``row <pk>`` when it cannot be read."""
+    try:
+        found = TaskResult.objects.filter(pk=pk).values_list("task_name", "task_id").first()
+    except Exception:  # a log line must not fail (the database may be why we log)
+        found = None
+    return f"{found[0]}[{found[1]}]" if found else f"row {pk}"
+
+
 def record_states(
     changes: list[StateChange],
     *,
@@ -166,16 +176,16 @@ def _record_one_by_one(
             raise
         except Exception as again:
             logger.error(
-                "Task row %d: neither its %s nor a FAILURE could be stored (%s); the lease "
+                "Task %s: neither its %s nor a FAILURE could be stored (%s); the lease "
                 "recovery will settle it",
-                change.pk,
+                task_label(change.pk),
                 change.state,
                 safe_str(again),
             )
             continue
         logger.error(
-            "Task row %d: its %s could not be stored (%s); recorded FAILURE instead",
-            change.pk,
+            "Task %s: its %s could not be stored (%s); recorded FAILURE instead",
+            task_label(change.pk),
             change.state,
             safe_str(refused),
         )

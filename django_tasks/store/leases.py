@@ -273,8 +273,8 @@ def recover_lost(
         guard = Q(lease_token__in=lease_tokens)
         rows = TaskResult.objects.filter(guard)
     recovered = 0
-    for pk, task_name, token, worker in rows.values_list(
-        "pk", "task_name", "lease_token", "worker"
+    for pk, task_name, task_id, token, worker in rows.values_list(
+        "pk", "task_name", "task_id", "lease_token", "worker"
     ):
         exc: WorkerLostError | None = None
         if acks_late(task_name):
@@ -302,7 +302,13 @@ def recover_lost(
             change.fields["date_done"] = now
         applied = record_states([change], lease_token=token, guard=guard)
         recovered += applied
-        logger.warning("Recovered task %s from lost worker %s: %s", pk, worker, change.state)
+        logger.warning(
+            "Recovered task %s[%s] from lost worker %s: %s",
+            task_name,
+            task_id,
+            worker,
+            change.state,
+        )
         if applied and exc is not None and on_failed is not None:
             on_failed(pk, exc)
     return recovered

@@ -185,5 +185,16 @@ class Transport(abc.ABC):
         """One line for the worker banner."""
         return self.url
 
+    def broker_uri(self) -> str | None:
+        """The broker's URL with its password masked, or None (the database is the queue)."""
+        return None
+
+    def wait_until_reachable(  # noqa: B027 - only brokers have something to reach
+        self, errback: Callable[[BaseException, float], None], intervals: tuple[float, float, float]
+    ) -> None:
+        """Block until the broker accepts a connection, calling ``errback(exc, seconds until
+        the next attempt)`` after each failed attempt; ``intervals`` are kombu's
+        ``(interval_start, interval_step, interval_max)``."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections held for waiting."""

@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.core.checks import CheckMessage, Error
@@ -143,6 +144,22 @@ class BrokerTransport(Transport):
 
     def describe(self) -> str:
         return f"{self.broker.as_uri()} (results: {database_description()})"
+
+    def broker_uri(self) -> str:
+        return str(self.broker.as_uri())
+
+    def wait_until_reachable(
+        self, errback: Callable[[BaseException, float], None], intervals: tuple[float, float, float]
+    ) -> None:
+        start, step, most = intervals
+        with self._connection() as conn:
+            conn.ensure_connection(
+                errback=errback,
+                max_retries=None,
+                interval_start=start,
+                interval_step=step,
+                interval_max=most,
+            )
 
     def close(self) -> None:
         self._close_receiver()

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import resource
+import sys
 import threading
 import time
 import uuid
@@ -51,6 +54,21 @@ def new_lease_token() -> str:
     return uuid.uuid4().hex
 
 
+def resident_kib() -> int:
+    """This process's resident set size now, in KiB.
+
+    From ``/proc/self/statm`` where there is one: ``ru_maxrss`` is the peak, which never
+    comes down, so a child judged by it could not tell a spike from a leak.
+    """
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS
+
+
 def refresh_connections() -> None:
     """Drop broken or (with ``CONN_MAX_AGE`` > 0) too old connections; keep the rest.
 
@@ -86,6 +104,8 @@ class Consumer:
         enforcer: Enforcer | None = None,
         journal: TaskSlot | None = None,
         tally: Tally | None = None,
+        max_tasks: int | None = None,
+        max_memory_kib: int | None = None,
     ) -> None:
         self.queues = queues
         self.hostname = hostname
@@ -115,6 +135,13 @@ class Consumer:
         self._burst_waiting_since: float | None = None
         #: When (epoch seconds) to relay the tasks a rate limit held back (broker transports).
         self._relay_at: float | None = None
+        #: Prefork children are replaced after this many tasks, or once their resident
+        #: memory is over this many KiB after a task (Celery's limits of the same names).
+        self.max_tasks = max_tasks
+        self.max_memory_kib = max_memory_kib
+        self.tasks_run = 0
+        #: Why this loop stopped to be replaced (a limit it reached), or None.
+        self.retired: str | None = None
 
     def batch_size(self) -> int:
         return max(1, min(self.prefetch_max, math.ceil(BATCH_WINDOW / self._seconds_per_task)))
@@ -139,6 +166,8 @@ class Consumer:
     def step(self) -> bool:
         """One claim-run-record round, then wait if idle; True when a burst is done."""
         limit = self.batch_size()
+        if self.max_tasks is not None:
+            limit = max(1, min(limit, self.max_tasks - self.tasks_run))  # claim no spare tasks
         if self.burst and self.transport.needs_relay:
             self.transport.relay()  # a worker's supervisor does this; burst runs alone
         if self._relay_at is not None and time.time() >= self._relay_at:
@@ -148,6 +177,8 @@ class Consumer:
             self.stop.wait(self._last_claim + CLAIM_LINGER - time.monotonic())
         self._last_claim = time.monotonic()
         ran = self.run_batch(limit)
+        if self.retired is not None:
+            return True
         refresh_connections()
         # A short batch means the queue was drained. Where notifications wake us, go
         # straight to waiting (any that came meanwhile are buffered) instead of spending an
@@ -260,6 +291,12 @@ class Consumer:
                     self.journal.settled()
                 else:
                     self.flush(outcomes)
+            self.tasks_run += 1
+            self.retired = self._limit_reached()
+            if self.retired is not None:
+                logger.info("Worker process retires (%s); it is replaced", self.retired)
+                self._hand_back(outcomes, batch, index + 1)
+                return len(batch)
         self.flush(outcomes)
         self.transport.acknowledge(batch)  # acks_late: now that outcomes are stored
         elapsed = time.monotonic() - batch_started
@@ -280,8 +317,9 @@ class Consumer:
             try:
                 self.flush(outcomes)
                 self.transport.acknowledge(batch[:index])
-                returned = self.transport.release(self.lease_token, batch[index:])
-                logger.info("Gave back %d claimed task(s) that had not started", returned)
+                if index < len(batch):
+                    returned = self.transport.release(self.lease_token, batch[index:])
+                    logger.info("Gave back %d claimed task(s) that had not started", returned)
                 return
             except DatabaseError as exc:
                 if connection.in_atomic_block or time.monotonic() + delay > give_up_at:
@@ -292,6 +330,19 @@ class Consumer:
                 connections.close_all()  # this thread's connections
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _limit_reached(self) -> str | None:
+        """Which of ``max_tasks`` and ``max_memory_kib`` this loop has reached, if any."""
+        if self.max_tasks is not None and self.tasks_run >= self.max_tasks:
+            return f"{self.tasks_run} tasks run, --max-tasks-per-child {self.max_tasks}"
+        if self.max_memory_kib is not None:
+            rss = resident_kib()
+            if rss > self.max_memory_kib:
+                return (
+                    f"resident memory {rss} KiB after {self.tasks_run} tasks, "
+                    f"over --max-memory-per-child {self.max_memory_kib}"
+                )
+        return None
 
     def _journal(self, outcome: Outcome) -> bool:
         """Journal ``outcome`` for the parent; False when it must be written now instead."""

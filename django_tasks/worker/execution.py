@@ -38,6 +38,12 @@ from .limits import Enforcer, Limits
 
 logger = logging.getLogger("django_tasks.worker")
 
+#: Why a worker may not know a task its caller knows.
+UNKNOWN_TASK_HINT = (
+    "the worker that claimed it does not know it; if the task is newer than the worker, "
+    "restart the workers"
+)
+
 
 @dataclass(slots=True)
 class ExecutionContext:
@@ -81,7 +87,9 @@ def execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
     try:
         outcome = _execute(claimed, ctx)
     except BaseException as exc:  # a bug of ours, or a task that outwits run_task
-        logger.exception("Task %s[%s]: the worker failed to run it", claimed.task_name, claimed.pk)
+        logger.exception(
+            "Task %s[%s]: the worker failed to run it", claimed.task_name, claimed.task_id
+        )
         outcome = Outcome(failure_change(claimed.pk, exc, traceback=format_traceback(exc)))
     change = outcome.change
     chord = claimed.options.get("chord")
@@ -111,9 +119,11 @@ def _execute(claimed: ClaimedTask, ctx: ExecutionContext) -> Outcome:
         return Outcome(revoked_change(claimed.pk, "expired", now))
     task = tasks_registry.get(claimed.task_name) or _django_task(claimed)
     if task is None:
-        exc = NotRegistered(claimed.task_name)
+        exc = NotRegistered(claimed.task_name, f"{UNKNOWN_TASK_HINT} ({ctx.hostname})")
         return Outcome(
-            failure_change(claimed.pk, exc, detail=f"unknown task {claimed.task_name!r}")
+            failure_change(
+                claimed.pk, exc, detail=f"unknown task {claimed.task_name!r}: {UNKNOWN_TASK_HINT}"
+            )
         )
     try:
         compression = claimed.options.get("compression")

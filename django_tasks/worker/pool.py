@@ -49,12 +49,18 @@ class PoolConfig:
     concurrency: int
     burst: bool
     stop: threading.Event = field(default_factory=threading.Event)
+    #: prefork only: a child is replaced after this many tasks, or once its resident memory
+    #: is over this many KiB after a task.
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: int | None = None
 
 
 class Pool(abc.ABC):
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
         self.tallies = Tallies()
+        #: Loops that ended to be replaced (a limit they reached), since the last respawn.
+        self.retired = 0
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -228,6 +234,7 @@ class PreforkPool(Pool):
             self._slots[pid] = slot
             return
         code = 0
+        consumer = None
         try:
             _stop_with_parent()
             if os.getppid() != parent:
@@ -240,7 +247,7 @@ class PreforkPool(Pool):
             from .. import transports
 
             transports._local.__dict__.clear()
-            Consumer(
+            consumer = Consumer(
                 self.config.queues,
                 hostname=process_name(),
                 lease_token=token,
@@ -249,7 +256,12 @@ class PreforkPool(Pool):
                 enforcer=SignalEnforcer(slot),
                 journal=slot,
                 tally=tally,
-            ).run()
+                max_tasks=self.config.max_tasks_per_child,
+                max_memory_kib=self.config.max_memory_per_child,
+            )
+            consumer.run()
+            if consumer.retired is not None:
+                slot.retire()
         except BaseException:
             logger.exception("Worker process crashed")
             code = 1
@@ -281,7 +293,11 @@ class PreforkPool(Pool):
             code = os.waitstatus_to_exitcode(status)
             if token is not None:
                 self.tallies.retire(token)
-            if token is not None and code != 0:
+            if token is not None and code == 0 and slot is not None and slot.retired():
+                # A planned exit: it recorded its outcomes and gave back what it had not
+                # started, so there is nothing to settle; it is replaced, even in a burst.
+                self.retired += 1
+            elif token is not None and code != 0:
                 logger.error(
                     "Worker process %d exited with %s",
                     pid,
@@ -291,9 +307,14 @@ class PreforkPool(Pool):
         return lost
 
     def respawn(self) -> None:
+        retired, self.retired = self.retired, 0
         if self.config.stop.is_set():
             return
-        while len(self._children) < self.config.concurrency and not self.config.burst:
+        if self.config.burst:  # a burst replaces retired children only, not dead ones
+            for _ in range(retired):
+                self._spawn()
+            return
+        while len(self._children) < self.config.concurrency:
             self._spawn()
 
     def alive(self) -> bool:

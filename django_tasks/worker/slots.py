@@ -20,6 +20,9 @@ _LENGTH = struct.Struct("=q")
 _ENTRY = struct.Struct("=i")
 #: After _LAYOUT: the task whose run has ended but whose outcome is not journaled yet (0: none).
 _FINISHED = struct.Struct("=q")
+#: After _FINISHED: 1 once the child has recorded everything and exits to be replaced (it
+#: reached --max-tasks-per-child or --max-memory-per-child), not because it was told to stop.
+_RETIRED = struct.Struct("=q")
 
 
 class SlotState(NamedTuple):
@@ -38,7 +41,7 @@ class TaskSlot:
     """
 
     def __init__(self) -> None:
-        self._mem = mmap.mmap(-1, _LAYOUT.size + _FINISHED.size)
+        self._mem = mmap.mmap(-1, _LAYOUT.size + _FINISHED.size + _RETIRED.size)
         self._journal = mmap.mmap(-1, JOURNAL_SIZE)
 
     def journal(self, entry: dict[str, Any]) -> bool:
@@ -99,6 +102,14 @@ class TaskSlot:
         """The task that ended but whose outcome is not journaled yet; 0 for none."""
         pk: int = _FINISHED.unpack_from(self._mem, _LAYOUT.size)[0]
         return pk
+
+    def retire(self) -> None:
+        """The child exits to be replaced; nothing it claimed is left to settle."""
+        _RETIRED.pack_into(self._mem, _LAYOUT.size + _FINISHED.size, 1)
+
+    def retired(self) -> bool:
+        flag: int = _RETIRED.unpack_from(self._mem, _LAYOUT.size + _FINISHED.size)[0]
+        return flag == 1
 
     def read(self) -> SlotState:
         return SlotState(*_LAYOUT.unpack_from(self._mem, 0))

@@ -22,6 +22,7 @@ from .beat import Scheduler
 from .consumer import refresh_connections
 from .pool import LostLoop, PoolConfig, PreforkPool, make_pool, process_name
 from .recovery import recover_lost, settle_lost_loop
+from .startup import database_label, wait_until_ready
 from .watchdog import Watchdog
 
 logger = logging.getLogger("django_tasks.worker")
@@ -37,14 +38,33 @@ class Worker:
     """``runworker``: run consumer loops in a pool until stopped (or, with burst, drained)."""
 
     def __init__(
-        self, *, queues: list[str], concurrency: int, pool: str, burst: bool, beat: bool = True
+        self,
+        *,
+        queues: list[str],
+        concurrency: int,
+        pool: str,
+        burst: bool,
+        beat: bool = True,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
     ) -> None:
         self.queues = queues
         self.concurrency = concurrency
         self.pool_name = pool
         self.burst = burst
         self.lease_seconds = float(tasks_settings.WORKER_LEASE_SECONDS)
-        self.pool = make_pool(pool, PoolConfig(queues=queues, concurrency=concurrency, burst=burst))
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
+        self.pool = make_pool(
+            pool,
+            PoolConfig(
+                queues=queues,
+                concurrency=concurrency,
+                burst=burst,
+                max_tasks_per_child=max_tasks_per_child,
+                max_memory_per_child=max_memory_per_child,
+            ),
+        )
         self._signals = 0
         self._woken = threading.Event()
         self._exit_code: int | None = None
@@ -57,25 +77,49 @@ class Worker:
 
     # -- start-up ------------------------------------------------------------------------------
 
+    def wait_until_ready(self) -> None:
+        """Wait for the database and the broker to answer; StartupError if the worker
+        cannot start (e.g. the database is not migrated)."""
+        wait_until_ready(get_transport())
+
     def banner(self) -> str:
         transport = get_transport()
         names = sorted(tasks_registry)
+        broker = transport.broker_uri()
         lines = [
             f"django_tasks worker {process_name()}",
             f"  transport:   {transport.describe()}",
+            f"  database:    {database_label()}",
+            f"  broker:      {broker or 'none (the database is the queue)'}",
             f"  queues:      {', '.join(self.queues)}",
             f"  concurrency: {self.concurrency} ({self.pool_name})"
             + ("  [burst: exits when no task is due]" if self.burst else ""),
             f"  beat:        {'on' if self.scheduler else 'off'}",
+            *self._recycle_line(),
             f"  tasks ({len(names)}):",
             *[f"    . {name}" for name in names],
         ]
         return "\n".join(lines)
 
+    def _recycle_line(self) -> list[str]:
+        limits = []
+        if self.max_tasks_per_child is not None:
+            limits.append(f"{self.max_tasks_per_child} tasks")
+        if self.max_memory_per_child is not None:
+            limits.append(f"{self.max_memory_per_child} KiB resident")
+        return [f"  children:    replaced after {' or '.join(limits)}"] if limits else []
+
+    def request_stop(self) -> None:
+        """What a signal does: a warm shutdown the first time, a cold one the second."""
+        self._signals += 1
+        self._woken.set()
+
     def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # under --reload: the reloader owns the main thread and its signals
+
         def handle(signum: int, _frame: Any) -> None:
-            self._signals += 1
-            self._woken.set()
+            self.request_stop()
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
@@ -161,7 +205,7 @@ class Worker:
                     )
                     self.pool.request_stop()
                 lost = self.pool.reap()
-                if lost:
+                if lost or self.pool.retired:
                     self._lost.extend(lost)
                     self.pool.respawn()
                 if not self.pool.alive():

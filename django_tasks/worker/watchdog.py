@@ -83,8 +83,8 @@ class Watchdog:
             state.pk, exc, detail=f"time limit ({state.hard:g}s) exceeded"
         )
         logger.error(
-            "Task row %d exceeded its time limit (%gs): killing worker process %d",
-            state.pk,
+            "Task %s exceeded its time limit (%gs): killing worker process %d",
+            store.task_label(state.pk),
             state.hard,
             pid,
         )
@@ -101,7 +101,9 @@ class Watchdog:
             change = store.revoked_change(pk, "terminated", timezone.now())
             change.detail = f"terminated by {name}"
             change.fields["meta"] = {"reason": "terminated", "signal": name}
-            logger.warning("Terminating task row %d: sending %s to process %d", pk, name, pid)
+            logger.warning(
+                "Terminating task %s: sending %s to process %d", store.task_label(pk), name, pid
+            )
             self._verdicts[pid] = _Verdict(pid, token, pk, slot, change)
             slot.ask_terminate(signum)
             with contextlib.suppress(ProcessLookupError):

@@ -379,3 +379,18 @@ def limited_fifty(self):
 def unlimited(self):
     """bench/rate_limit.py's reference: ``limited_fifty`` without the limit."""
     Run.objects.create(task_id=self.request.id, label=f"{time.time():.6f}", pid=os.getpid())
+
+
+#: What :func:`leak` keeps for the life of its process.
+_LEAKED: list[bytearray] = []
+
+
+@task(bind=True)
+def leak(self, megabytes):
+    """Keep ``megabytes`` MiB (written, so resident) until the process exits; return the pid
+    and the resident memory after it, in KiB."""
+    from django_tasks.worker.consumer import resident_kib
+
+    _LEAKED.append(bytearray(b"\x01") * (megabytes * 1024 * 1024))
+    Run.objects.create(task_id=self.request.id, label="leak", pid=os.getpid())
+    return {"pid": os.getpid(), "rss_kib": resident_kib()}
