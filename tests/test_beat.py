@@ -163,12 +163,12 @@ def test_code_entries_are_synced_keeping_enabled_and_removing_what_settings_drop
 
 
 def test_three_schedulers_send_each_due_run_once_and_miss_none():
-    entry = admin_entry("every", seconds=0.2)
+    entry = admin_entry("every", seconds=0.5)
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            tick_for(Scheduler(), 2.5)
+            tick_for(Scheduler(), 4.0)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
         finally:
@@ -181,10 +181,10 @@ def test_three_schedulers_send_each_due_run_once_and_miss_none():
         thread.join()
     assert errors == []
     dues = dues_of("every")
-    assert len(dues) >= 10
+    assert len(dues) >= 6
     assert len(set(dues)) == len(dues), "a due run was sent twice"
     gaps = {round((b - a).total_seconds(), 3) for a, b in itertools.pairwise(dues)}
-    assert gaps == {0.2}, f"a due run was missed: {gaps}"
+    assert gaps == {0.5}, f"a due run was missed: {gaps}"
     entry.refresh_from_db()
     assert entry.total_runs == len(dues)
     assert entry.recent_task_ids[0] == runs_of("every")[-1].task_id
@@ -290,7 +290,7 @@ def test_a_disabled_entry_is_not_sent():
 
 
 def test_workers_killed_and_restarted_send_every_due_run_exactly_once(start_worker):
-    schedule = json.dumps({"tick": {"task": ADD, "every": 0.5, "args": [1, 2]}})
+    schedule = json.dumps({"tick": {"task": ADD, "every": 1.0, "args": [1, 2]}})
     env = {"DJANGO_TASKS_BEAT_SCHEDULE": schedule}
     workers = [start_worker("-c", "1", env=env) for _ in range(3)]
     started = time.monotonic()
@@ -300,12 +300,12 @@ def test_workers_killed_and_restarted_send_every_due_run_exactly_once(start_work
         workers[victim].kill_group()
         time.sleep(1.2)
         workers[victim] = start_worker("-c", "1", env=env)
-    wait_until(lambda: time.monotonic() - started > 8, timeout=30)
+    wait_until(lambda: time.monotonic() - started > 10, timeout=30)
     dues = dues_of("tick")
     assert len(set(dues)) == len(dues), "a due run was sent twice"
     # Two workers were up all along: no due time between the first and the last is missing.
     gaps = {round((b - a).total_seconds(), 3) for a, b in itertools.pairwise(dues)}
-    assert gaps == {0.5}, gaps
+    assert gaps == {1.0}, f"a due run was missed (a gap): {sorted(gaps)}"
     wait_until(
         lambda: all(r.state == "SUCCESS" for r in runs_of("tick")[:-2]),
         timeout=30,
