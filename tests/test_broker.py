@@ -584,3 +584,25 @@ def test_a_worker_reconnects_after_a_broker_restart(outage, start_worker):
     wait_until(lambda: "Broker connection lost" in worker.output(), what="the reconnect log")
     worker.signal(15)
     assert worker.wait(20) == 0
+
+
+def test_a_lost_broker_is_retried_with_growing_waits_and_one_line_each(monkeypatch, caplog):
+    """Once running, a worker whose broker is gone logs one line per attempt, waiting 1, 2,
+    3 … (at most 5) seconds between them, instead of a line every few milliseconds."""
+    from django_tasks.transports import broker as broker_module
+    from django_tasks.transports.broker import BrokerTransport
+
+    waits: list[float] = []
+    monkeypatch.setattr(broker_module.time, "sleep", waits.append)
+    transport = BrokerTransport("redis://:secret@127.0.0.1:1/0")
+    try:
+        with caplog.at_level("WARNING", logger="django_tasks.transport"):
+            for _ in range(7):
+                transport._drain(["default"], limit=10, timeout=0.01)
+    finally:
+        transport.close()
+    assert waits == [1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0]
+    lines = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    assert len(lines) == 7
+    assert lines[0].startswith("Cannot connect to redis://:**@127.0.0.1:1/0")
+    assert "secret" not in " ".join(lines)

@@ -73,6 +73,9 @@ OVERDUE_AFTER = 60.0
 #: How often each worker's relay looks for such tasks.
 OVERDUE_INTERVAL = 30.0
 
+#: The longest wait between two attempts to reach a broker that went away (seconds).
+RECONNECT_MAX = 5.0
+
 
 class BrokerTransport(Transport):
     """Tasks sent as kombu messages, recorded as :class:`~django_tasks.models.TaskResult` rows."""
@@ -91,6 +94,7 @@ class BrokerTransport(Transport):
         self._inbox: collections.deque[Message] = collections.deque()
         self._next_sentinel_check = 0.0
         self._next_overdue_check = time.monotonic() + OVERDUE_INTERVAL
+        self._reconnect_failures = 0
 
     # -- connections --------------------------------------------------------------------------
 
@@ -430,17 +434,23 @@ class BrokerTransport(Transport):
         and reopened on the next call."""
         try:
             receiver = self._listen(queues)
+        except Exception as exc:  # refused, unknown vhost, bad credentials, …
+            self._close_receiver()
+            self._wait_to_reconnect("Cannot connect to", exc)
+            return
+        try:
             wait = timeout
             while len(self._inbox) < limit:
                 try:
                     receiver.drain_events(timeout=wait)
                 except TimeoutError:
+                    self._reconnect_failures = 0
                     return
                 wait = gap
+            self._reconnect_failures = 0
         except self._connection_errors() as exc:
-            logger.warning("Broker connection lost (%s); reconnecting", exc)
             self._close_receiver()
-            time.sleep(min(max(timeout, 0.1), 1.0))
+            self._wait_to_reconnect("Lost the connection to", exc)
         except Exception as exc:
             # kombu could not even turn what the broker handed over into a message (e.g. an
             # item another program pushed onto a Redis list, or headers nested too deep to
@@ -451,6 +461,19 @@ class BrokerTransport(Transport):
                 safe_str(exc)[:500],
             )
             self._close_receiver()
+
+    def _wait_to_reconnect(self, what: str, exc: BaseException) -> None:
+        """One log line per attempt, then wait 1, 2, 3 … up to :data:`RECONNECT_MAX` s."""
+        self._reconnect_failures += 1
+        delay = min(float(self._reconnect_failures), RECONNECT_MAX)
+        logger.warning(
+            "%s %s: %s; trying again in %g s",
+            what,
+            self.broker_uri(),
+            safe_str(exc)[:300],
+            delay,
+        )
+        time.sleep(delay)
 
     def _connection_errors(self) -> tuple[type[BaseException], ...]:
         # OperationalError is in this tuple, not starred into an ``except`` one: mypy cannot
