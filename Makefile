@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed
 # Another Django for the same run, e.g. DJANGO='django>=6.0,<7' (with PYTHON=python3.12).
 DJANGO ?=
 
-.PHONY: demo test test-sqlite test-postgres test-redis test-rabbitmq test-mysql lint format bench bench-brokers clean
+.PHONY: demo test test-sqlite test-postgres test-redis test-rabbitmq test-mysql lint docs format bench bench-brokers clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ lint: $(INSTALLED)
 	DATABASE_URL=sqlite:///$(CURDIR)/.mypy-db.sqlite3 $(BIN)/mypy
 	$(BIN)/python manage.py makemigrations --check --dry-run -v0
 
+## docs: the Sphinx site (MyST + furo) from docs/*.md, warnings as errors, in docs/_build/html
+docs: $(INSTALLED)
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
 format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
@@ -67,4 +71,4 @@ bench-brokers: $(INSTALLED)
 	$(BIN)/python bench/run.py --only redis,rabbitmq
 
 clean:
-	rm -rf $(VENV) bench/.venv-celery *.egg-info .pytest_cache .ruff_cache .mypy_cache .test-db.sqlite3* db.sqlite3*
+	rm -rf $(VENV) bench/.venv-celery docs/_build *.egg-info .pytest_cache .ruff_cache .mypy_cache .test-db.sqlite3* db.sqlite3*

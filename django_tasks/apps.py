@@ -32,7 +32,9 @@ class DjangoTasksConfig(AppConfig):
             raise ImproperlyConfigured(
                 f"{other} is installed: it is an unrelated backport of Django's tasks framework "
                 f"that also installs a 'django_tasks' package, so the two overwrite each other. "
-                f"Uninstall one: 'pip uninstall django-tasks' keeps django-kombu-tasks."
+                f"To keep django-kombu-tasks, run 'pip uninstall django-tasks && "
+                f"pip install --force-reinstall django-kombu-tasks': uninstalling django-tasks "
+                f"also deletes the 'django_tasks' files the two share."
             )
         from . import checks  # noqa: F401 - registers the system checks
         from .canvas import chord_failed, send_chord_body

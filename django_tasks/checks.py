@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 from types import ModuleType
 from typing import Any
 
@@ -87,6 +89,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
     errors: list[CheckMessage] = []
     user = getattr(settings, SETTINGS_NAME, None)
+    if hasattr(settings, "DJANGO_TASK"):
+        errors.append(
+            Warning(
+                "settings.DJANGO_TASK is set, but this app reads settings.DJANGO_TASKS",
+                hint="Rename DJANGO_TASK to DJANGO_TASKS (plural).",
+                id="django_tasks.W002",
+            )
+        )
     if user is None:
         return errors
     if not isinstance(user, dict):
@@ -96,8 +106,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         ]
     tasks_settings.reload()
-    for key in sorted(set(user) - set(DEFAULTS)):
-        close = [k for k in DEFAULTS if k.replace("_", "") == key.upper().replace("_", "")]
+    for key in sorted(set(user) - set(DEFAULTS), key=repr):
+        close = _close_keys(key)
         errors.append(
             _error(
                 key,
@@ -112,6 +122,28 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     return errors
 
 
+def _close_keys(key: Any) -> list[str]:
+    """The known settings ``key`` was probably meant to be: the same but for case and
+    underscores first, then ``difflib``'s close matches (``BROKER_ULR`` -> ``BROKER_URL``)."""
+    if not isinstance(key, str):
+        return []
+    same = [k for k in DEFAULTS if k.replace("_", "") == key.upper().replace("_", "")]
+    return same or difflib.get_close_matches(key.upper(), list(DEFAULTS), n=1, cutoff=0.75)
+
+
+#: ``redis//host``, ``amqp:/host``, ``django:``: a scheme whose ``://`` lost a character.
+_MISTYPED_URL = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)(?::/?|//)(?P<rest>(?!/).*)$", re.I)
+
+
+def _url_hint(url: Any) -> str:
+    """``"Did you mean 'redis://host'?"`` for a URL whose ``://`` is mistyped."""
+    if isinstance(url, str):
+        match = _MISTYPED_URL.match(url)
+        if match:
+            return f"Did you mean {match['scheme'] + '://' + match['rest']!r}?"
+    return "Use 'django://' or a kombu URL such as 'redis://host'."
+
+
 def _check_values() -> list[CheckMessage]:
     from .transports import transport_class_for
 
@@ -119,7 +151,7 @@ def _check_values() -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     url = s.BROKER_URL
     if not isinstance(url, str) or "://" not in url:
-        errors.append(_error("BROKER_URL", f"{url!r} is not a URL", "Use 'django://'.", 2))
+        errors.append(_error("BROKER_URL", f"{url!r} is not a URL", _url_hint(url), 2))
     else:
         try:
             transport = transport_class_for(url)
@@ -461,4 +493,45 @@ def check_django_tasks_backend(app_configs: Any = None, **kwargs: Any) -> list[C
         )
         for alias, params in configured.items()
         if isinstance(params, dict) and params.get("BACKEND") == "django_tasks.backend.TasksBackend"
+    ]
+
+
+API_URLCONF = "django_tasks.urls"
+
+
+def _routes_api(patterns: Any, depth: int = 0) -> bool:
+    """Whether ``django_tasks.urls`` is included somewhere in ``patterns``."""
+    from django.urls import URLResolver
+
+    for pattern in patterns:
+        if not isinstance(pattern, URLResolver) or depth > 20:
+            continue
+        module = pattern.urlconf_name
+        name = module if isinstance(module, str) else getattr(module, "__name__", None)
+        if name == API_URLCONF or _routes_api(pattern.url_patterns, depth + 1):
+            return True
+    return False
+
+
+@register(Tags.urls)
+def check_api_urls(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The HTTP API is routed but DRF is not installed: its pages would fail to render."""
+    from django.apps import apps
+    from django.urls import get_resolver
+
+    if apps.is_installed("rest_framework"):
+        return []
+    try:
+        routed = _routes_api(get_resolver().url_patterns)
+    except Exception:  # a urlconf that fails to import is Django's own check (urls.E004...)
+        return []
+    if not routed:
+        return []
+    return [
+        Error(
+            f"{API_URLCONF!r} is routed in ROOT_URLCONF, but 'rest_framework' is not in "
+            f"INSTALLED_APPS: the API's browsable pages cannot find their templates",
+            hint="Add 'rest_framework' to INSTALLED_APPS.",
+            id="django_tasks.E050",
+        )
     ]

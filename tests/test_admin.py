@@ -339,3 +339,18 @@ def test_the_date_hierarchy_drills_down_from_the_first_and_last_dates(staff_clie
         url, {"date_created__year": 2024, "date_created__month": 11, "date_created__day": 3}
     ).content.decode()
     assert a.id[:8] in page and b.id[:8] not in page
+
+
+def test_a_task_id_in_the_change_url_redirects_to_the_results_page(staff_client):
+    res = tasks.add.delay(1, 2)
+    pk = TaskResult.objects.get(task_id=res.id).pk
+    by_pk = reverse("admin:django_tasks_taskresult_change", args=[pk])
+    for given in (res.id, res.id.upper()):
+        response = staff_client.get(f"/admin/django_tasks/taskresult/{given}/change/")
+        assert response.status_code == 302
+        assert response["Location"] == by_pk
+    assert staff_client.get(by_pk).status_code == 200
+    # An unknown id is the admin's own "does not exist" answer (a redirect to the list).
+    unknown = staff_client.get("/admin/django_tasks/taskresult/no-such-task/change/")
+    assert unknown.status_code == 302
+    assert unknown["Location"] == reverse("admin:index")

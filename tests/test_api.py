@@ -388,3 +388,20 @@ def test_the_openapi_schema_describes_the_endpoints(client, owner):
     detail_params = {p["name"] for p in paths["/tasks/{task_id}/"]["get"]["parameters"]}
     assert "wait" in detail_params
     assert "post" in paths["/tasks/{task_id}/revoke/"]
+
+
+@pytest.mark.django_db
+def test_the_browsable_api_describes_each_view_in_plain_text(client, staff):
+    from django_tasks.api import views
+
+    c = client_for(client, staff)
+    done = tasks.add.delay(1, 2)
+    for url, view in [
+        (LIST_URL, views.TaskResultList),
+        (detail_url(done.id), views.TaskResultDetail),
+        (revoke_url(done.id), views.TaskResultRevoke),
+    ]:
+        page = c.get(url, HTTP_ACCEPT="text/html").content.decode()
+        assert "``" not in view().get_view_description()
+        assert view.description.split(".")[0] in page, url
+        assert "``" not in page, url

@@ -25,5 +25,8 @@ def test_no_conflict_by_default():
 @pytest.mark.usefixtures("backport_installed")
 def test_the_backport_is_detected_and_start_up_stops_with_a_clear_error():
     assert conflicting_distribution() == "django-tasks 0.12.0"
-    with pytest.raises(ImproperlyConfigured, match="pip uninstall django-tasks"):
+    with pytest.raises(
+        ImproperlyConfigured,
+        match=r"pip uninstall django-tasks && pip install --force-reinstall django-kombu-tasks",
+    ):
         apps.get_app_config("django_tasks").ready()

@@ -28,6 +28,43 @@ def test_unknown_key_is_named_with_a_suggestion(settings):
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [
+        ("BROKER_ULR", "BROKER_URL"),
+        ("TASK_SERIALISER", "TASK_SERIALIZER"),
+        ("broker_url", "BROKER_URL"),
+    ],
+)
+def test_a_mistyped_key_gets_did_you_mean(key, meant, settings):
+    settings.DJANGO_TASKS = {key: "x"}
+    [message] = [m for m in check_settings() if m.id == "django_tasks.E001"]
+    assert repr(key) in message.msg
+    assert message.hint == f"Did you mean {meant!r}?"
+
+
+@pytest.mark.parametrize(
+    ("url", "meant"),
+    [
+        ("redis//host", "redis://host"),
+        ("amqp:/guest@h//", "amqp://guest@h//"),
+        ("django:", "django://"),
+    ],
+)
+def test_a_broker_url_missing_part_of_its_scheme_separator_gets_did_you_mean(url, meant, settings):
+    settings.DJANGO_TASKS = {"BROKER_URL": url}
+    [message] = [m for m in check_settings() if m.id == "django_tasks.E002"]
+    assert message.hint == f"Did you mean {meant!r}?"
+
+
+def test_a_singular_django_task_setting_is_a_warning_naming_the_plural(settings):
+    settings.DJANGO_TASK = {"BROKER_URL": "django://"}
+    [message] = check_settings()
+    assert message.id == "django_tasks.W002"
+    assert isinstance(message, checks.Warning)
+    assert "DJANGO_TASKS" in message.hint
+
+
 def test_broker_urls_of_kombu_transports_are_accepted(settings):
     for url in ("redis://127.0.0.1:6379/0", "amqp://guest:guest@127.0.0.1:5672//"):
         assert "django_tasks.E002" not in ids({"BROKER_URL": url}, settings)
@@ -116,3 +153,38 @@ def test_a_partial_publish_retry_policy_is_completed_from_the_defaults(settings,
 
     assert ids({"TASK_PUBLISH_RETRY_POLICY": {"max_retries": 5}}, settings) == {}
     assert tasks.add.delay(1, 1).exists()
+
+
+@pytest.fixture
+def without_drf(monkeypatch):
+    from django.apps import apps
+
+    installed = apps.is_installed
+    monkeypatch.setattr(
+        apps, "is_installed", lambda name: name != "rest_framework" and installed(name)
+    )
+
+
+@pytest.mark.usefixtures("without_drf")
+def test_the_api_routed_without_rest_framework_installed_is_an_error():
+    from django_tasks.checks import check_api_urls
+
+    [message] = check_api_urls()
+    assert message.id == "django_tasks.E050"
+    assert "rest_framework" in message.hint
+    assert check_api_urls in checks.registry.registry.registered_checks
+
+
+@pytest.mark.usefixtures("without_drf")
+@pytest.mark.parametrize("urlconf", ["django_tasks.urls", "tests.no_such_urlconf"])
+def test_no_api_route_or_a_urlconf_that_fails_to_import_is_no_e050(urlconf, settings):
+    from django_tasks.checks import check_api_urls
+
+    settings.ROOT_URLCONF = urlconf
+    assert check_api_urls() == []
+
+
+def test_the_api_routed_with_rest_framework_installed_passes():
+    from django_tasks.checks import check_api_urls
+
+    assert check_api_urls() == []

@@ -106,6 +106,23 @@ def short_time(when: Any) -> str:
     return timezone.localtime(when).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def list_time(when: Any, day_of: Any) -> str:
+    """A list column's time: ``06:49:11`` on the local day of ``day_of`` (the task's creation),
+    else :func:`short_time`; the whole time is the title. Keeps the list's time columns narrow
+    enough to fit beside the others."""
+    if when is None:
+        return EMPTY
+    local = timezone.localtime(when)
+    if day_of is None or timezone.localtime(day_of).date() != local.date():
+        return short_time(when)
+    return format_html('<span title="{}">{}</span>', short_time(when), local.strftime("%H:%M:%S"))
+
+
+def dotted_name(name: str) -> SafeString:
+    """A dotted task name that may wrap after each dot, so a long one does not widen the list."""
+    return format_html_join(mark_safe(".<wbr>"), "{}", ((part,) for part in name.split(".")))
+
+
 def timestamp(when: Any) -> str:
     """To the millisecond, in the current time zone: state changes can be that close."""
     if when is None:

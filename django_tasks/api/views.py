@@ -214,6 +214,11 @@ class TaskResultAPIView(generics.GenericAPIView):
 class TaskResultList(generics.ListAPIView, TaskResultAPIView):
     """``GET``: the results you may see, newest first; ``?state=``, ``?name=``, ``?queue=``."""
 
+    description = (
+        "The task results you may see, newest first. Filter with ?state=, ?name= and "
+        "?queue= (each may be repeated); page with ?page= and ?page_size=."
+    )
+
     pagination_class = TaskResultPagination
 
     @documented(
@@ -267,6 +272,11 @@ class TaskResultList(generics.ListAPIView, TaskResultAPIView):
 
 class TaskResultDetail(TaskResultAPIView):
     """``GET``: one task (an unknown id reads ``PENDING``), with ``ETag`` and ``?wait=N``."""
+
+    description = (
+        "One task: its state, outcome and history. An unknown id reads PENDING, as in Celery. "
+        "Answers carry an ETag; ?wait=N long-polls until the task changes."
+    )
 
     @documented(
         operation_id="getTask",
@@ -357,6 +367,11 @@ class TaskResultDetail(TaskResultAPIView):
 
 class TaskResultRevoke(TaskResultAPIView):
     """``POST``: revoke a task that has not finished (owner or staff); 409 if it has."""
+
+    description = (
+        "POST to revoke this task if it has not finished (its owner or staff); "
+        "a finished task answers 409."
+    )
 
     @documented(
         operation_id="revokeTask",

@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from django_tasks.models import TaskResult
+from django_tasks.testing import run_until_empty
 from tests.browser.conftest import log_in
 from tests.conftest import wait_until
 from tests.taskapp import tasks
@@ -162,3 +163,30 @@ def test_demo_page_shows_progress_then_the_result_or_the_error(
     assert page.locator("#outcome").inner_text() == ("Error: ZeroDivisionError: division by zero")
     assert page.locator("#state").inner_text() == "FAILURE"
     screenshot("demo-error")
+
+
+def test_the_result_list_fits_1400_pixels_with_its_time_columns(page, live_server, admin_user):
+    done = tasks.add.delay(20, 22)
+    long = tasks.fail.apply_async(("the disk is full",), queue="invoices-and-reminders")
+    # A real project's task name: a dotted path a good deal longer than the test app's.
+    TaskResult.objects.filter(task_id=long.id).update(
+        task_name="shop.billing.tasks.send_overdue_invoice_reminders"
+    )
+    # Finished, with every time column filled, as a worker leaves it (in a second).
+    run_until_empty()
+    page.set_viewport_size({"width": 1400, "height": 900})
+    log_in(page, live_server)
+    page.goto(live_server.url + CHANGELIST)
+    assert row_for(page, done.id).locator("td.field-done_in_list").inner_text() != "-"
+    # No horizontal scrolling: neither the page nor the list's own scroll box.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+    results = page.locator("#changelist .results")
+    assert results.evaluate("box => box.scrollWidth <= box.clientWidth"), results.evaluate(
+        "box => [box.scrollWidth, box.clientWidth]"
+    )
+    right = results.bounding_box()
+    for column in ("created", "started_in_list", "done_in_list", "runtime_display"):
+        header = page.locator(f"#result_list thead th.column-{column}")
+        box = header.bounding_box()
+        assert box is not None and header.is_visible(), column
+        assert box["x"] + box["width"] <= right["x"] + right["width"], (column, box, right)

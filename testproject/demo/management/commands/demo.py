@@ -19,19 +19,26 @@ from testproject.demo.tasks import add, crunch, divide, flaky
 #: Give up if the demo's tasks are not done by then (they need about five seconds).
 DEADLINE_SECONDS = 120
 
+#: Each example's calling code, printed next to its result.
+CALLS = {
+    "success": "add.delay(2, 2)",
+    "failure": "divide.delay(1, 0)",
+    "retry": "flaky.delay(3)",
+    "countdown": "add.apply_async((40, 2), countdown=2)",
+    "progress": "crunch.delay(10)",
+    "link": "add.apply_async((2, 2), link=add.s(10))",
+}
+#: The row of the task the link sent: not called by the demo itself.
+CALLBACK_CODE = "(sent by link=add.s(10): add(4, 10))"
+
 
 class Command(BaseCommand):
     help = "Send the demo's sample tasks, run a worker until they finish, print the results."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        results = {
-            "success": add.delay(2, 2),
-            "failure": divide.delay(1, 0),
-            "retry": flaky.delay(3),
-            "countdown": add.apply_async((40, 2), countdown=2),
-            "progress": crunch.delay(10),
-            "link": add.apply_async((2, 2), link=add.s(10)),
-        }
+        namespace = {"add": add, "divide": divide, "flaky": flaky, "crunch": crunch}
+        # The printed code is the code run: each call is evaluated from its text.
+        results = {label: eval(code, namespace) for label, code in CALLS.items()}
         self.stdout.write(f"Sent {len(results)} tasks to {settings.DJANGO_TASKS['BROKER_URL']}.\n")
         self.run_worker_until_done(list(results.values()))
         callback = (
@@ -87,7 +94,7 @@ class Command(BaseCommand):
             )
 
     def print_table(self, results: dict[str, AsyncResult]) -> None:
-        rows = [("example", "task", "state", "retries", "result", "path")]
+        rows = [("example", "code", "state", "retries", "result", "path")]
         for label, res in results.items():
             row = TaskResult.objects.get(task_id=res.id)
             outcome = res.get(propagate=False, timeout=1)
@@ -97,13 +104,14 @@ class Command(BaseCommand):
                 else repr(outcome)
             )
             path = " -> ".join(_squeeze([state for state, _ in row.state_history()]))
-            rows.append(
-                (label, row.task_name.rsplit(".", 1)[-1], row.state, str(row.retries), shown, path)
-            )
+            code = CALLS.get(label, CALLBACK_CODE)
+            rows.append((label, code, row.state, str(row.retries), shown, path))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         self.stdout.write("")
         for index, row in enumerate(rows):
-            line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            line = "  ".join(
+                cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
             self.stdout.write(
                 self.style.SUCCESS(line) if index and row[2] == states.SUCCESS else line
             )
