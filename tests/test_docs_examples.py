@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from django_tasks.management.commands import purge_results, runworker
+from django_tasks.management.commands import purge_results, runworker, taskstatus
 from django_tasks.registry import tasks_registry
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -93,7 +93,7 @@ def test_a_marked_block_is_not_run_and_an_unmarked_one_is(tmp_path):
     assert [(line, run) for line, _, run in examples(page)] == [(2, False), (7, True), (11, False)]
 
 
-@pytest.mark.parametrize("command", [runworker.Command, purge_results.Command])
+@pytest.mark.parametrize("command", [runworker.Command, purge_results.Command, taskstatus.Command])
 def test_the_commands_page_names_every_option(command):
     from django.core.management.base import BaseCommand
 
