@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 
 import django
 import pytest
+from asgiref.sync import async_to_sync
 from django.test.utils import override_settings
 from django.utils import timezone
 
@@ -163,14 +163,16 @@ def test_async_enqueue_and_get_result(start_worker):
         sent = await dtasks.add.aenqueue(4, 5)
         return sent
 
-    result = asyncio.run(go())
+    # async_to_sync, not asyncio.run: an event loop may be running in this thread already
+    # (Playwright's, after the browser tests).
+    result = async_to_sync(go)()
     start_worker("-c", "1")
     finished(result)
 
     async def read():
         return await dtasks.add.aget_result(result.id)
 
-    assert asyncio.run(read()).return_value == 9
+    assert async_to_sync(read)().return_value == 9
 
 
 def test_queues_are_validated_on_enqueue():
@@ -180,7 +182,7 @@ def test_queues_are_validated_on_enqueue():
         with pytest.raises(InvalidTask, match="Queue 'unknown' is not valid for backend"):
             dtasks.add.using(queue_name="unknown").enqueue(1, 2)
         with pytest.raises(InvalidTask, match="Queue 'unknown' is not valid for backend"):
-            asyncio.run(dtasks.add.using(queue_name="unknown").aenqueue(1, 2))
+            async_to_sync(dtasks.add.using(queue_name="unknown").aenqueue)(1, 2)
 
 
 def test_bad_queues_in_tasks_settings_are_check_errors():
