@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as dt
 
 import django
 import pytest
-from asgiref.sync import async_to_sync
 from django.test.utils import override_settings
 from django.utils import timezone
 
@@ -24,6 +25,14 @@ else:
     from tests.taskapp import dtasks
 
     pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_coroutine(coroutine):
+    """Run ``coroutine`` in a thread of its own: an event loop may be running in this one
+    already (Playwright's, after the browser tests), and then neither asyncio.run nor
+    async_to_sync works here."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def finished(result, timeout=30.0):
@@ -163,16 +172,14 @@ def test_async_enqueue_and_get_result(start_worker):
         sent = await dtasks.add.aenqueue(4, 5)
         return sent
 
-    # async_to_sync, not asyncio.run: an event loop may be running in this thread already
-    # (Playwright's, after the browser tests).
-    result = async_to_sync(go)()
+    result = run_coroutine(go())
     start_worker("-c", "1")
     finished(result)
 
     async def read():
         return await dtasks.add.aget_result(result.id)
 
-    assert async_to_sync(read)().return_value == 9
+    assert run_coroutine(read()).return_value == 9
 
 
 def test_queues_are_validated_on_enqueue():
@@ -182,7 +189,7 @@ def test_queues_are_validated_on_enqueue():
         with pytest.raises(InvalidTask, match="Queue 'unknown' is not valid for backend"):
             dtasks.add.using(queue_name="unknown").enqueue(1, 2)
         with pytest.raises(InvalidTask, match="Queue 'unknown' is not valid for backend"):
-            async_to_sync(dtasks.add.using(queue_name="unknown").aenqueue)(1, 2)
+            run_coroutine(dtasks.add.using(queue_name="unknown").aenqueue(1, 2))
 
 
 def test_bad_queues_in_tasks_settings_are_check_errors():
