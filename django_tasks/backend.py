@@ -12,6 +12,7 @@ their order; a Django task of default priority (0) is stored with priority 100.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from collections.abc import Iterator
@@ -224,7 +225,7 @@ def _runner(module_path: str) -> Any:
             # What Django's own backends store, and their error for anything else.
             value = normalize_json(value)
         except BaseException as exc:
-            failed = _replace(
+            failed = dataclasses.replace(
                 result,
                 status=TaskResultStatus.FAILED,
                 finished_at=dt.datetime.now(tz=dt.UTC),
@@ -232,7 +233,7 @@ def _runner(module_path: str) -> Any:
             )
             task_finished.send(TasksBackend, task_result=failed)
             raise
-        done = _replace(
+        done = dataclasses.replace(
             result, status=TaskResultStatus.SUCCESSFUL, finished_at=dt.datetime.now(tz=dt.UTC)
         )
         object.__setattr__(done, "_return_value", value)
@@ -269,7 +270,7 @@ def _running_result(task: DjangoTask, request: Any, header: dict[str, Any]) -> D
         )
     # Claimed, so read as running: its ended attempts' workers, then this one's.
     result = result_from_row(task, row, str(header.get("backend") or "default"))
-    return _replace(result, status=TaskResultStatus.RUNNING)
+    return dataclasses.replace(result, status=TaskResultStatus.RUNNING)
 
 
 def result_from_row(task: DjangoTask, row: Any, backend: str) -> DjangoTaskResult:
@@ -326,14 +327,6 @@ def _error_from_meta(meta: Any, traceback: str) -> TaskError | None:
         return None
     module = str(meta.get("exc_module") or "builtins")
     return TaskError(exception_class_path=f"{module}.{meta['exc_type']}", traceback=traceback)
-
-
-def _replace(result: DjangoTaskResult, **changes: Any) -> DjangoTaskResult:
-    import dataclasses
-
-    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.init}
-    fields.update(changes)
-    return DjangoTaskResult(**fields)
 
 
 __all__ = ["TasksBackend", "enqueue_as", "resolve", "to_our_priority"]

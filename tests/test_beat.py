@@ -72,6 +72,8 @@ def tick_for(scheduler: Scheduler, seconds: float, every: float = 0.02) -> None:
         ({"task": ADD, "schedule": 5, "args": "1, 2"}, "'args' must be a list"),
         ({"task": ADD, "schedule": 5, "kwargs": {1: 2}}, "'kwargs' must be a dict with text keys"),
         ({"task": ADD, "schedule": 5, "args": [float("nan")]}, "'args' cannot be stored as JSON"),
+        ({"task": ADD, "schedule": 5, "args": ["a\x00b"]}, "'args' cannot be stored as JSON"),
+        ({"task": ADD, "schedule": 5, "kwargs": {"x": "\ud800"}}, "'kwargs' cannot be stored"),
         ({"task": ADD, "schedule": 5, "options": {"task_id": "x"}}, "cannot take 'task_id'"),
         ({"task": ADD, "schedule": 5, "options": {"speed": 1}}, "cannot take 'speed'"),
         ({"task": ADD, "schedule": 5, "options": {"queue": "a b"}}, "queue 'a b' must not hold"),

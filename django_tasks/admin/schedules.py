@@ -342,13 +342,8 @@ class PeriodicTaskAdmin(admin.ModelAdmin):
             ("Call", {"fields": ("args", "kwargs", "options")}),
         ]
         if obj is not None:
-            runs = (
-                "next_run",
-                "last_run",
-                "last_due_time",
-                "total_runs",
-                "last_error_display",
-                "recent_runs",
+            runs = tuple(
+                f for f in self.display_fields if f not in ("source_display", "schedule_display")
             )
             fieldsets.append(("Runs", {"fields": runs}))
         return fieldsets

@@ -89,13 +89,19 @@ def insert_statement() -> tuple[str, list[Field]]:
     return _insert_statement(connection.vendor)
 
 
-@functools.cache
-def _insert_statement(vendor: str) -> tuple[str, list[Field]]:
+def _send_columns() -> tuple[str, str, list[Field]]:
+    """The quoted table, its quoted send columns, and their fields, in order."""
     fields = [concrete_field(name) for name in INSERT_FIELDS]
     qn = connection.ops.quote_name
     columns = ", ".join(qn(column_of(f)) for f in fields)
+    return qn(TaskResult._meta.db_table), columns, fields
+
+
+@functools.cache
+def _insert_statement(vendor: str) -> tuple[str, list[Field]]:
+    table, columns, fields = _send_columns()
     marks = ", ".join(["%s"] * len(fields))
-    return f"INSERT INTO {qn(TaskResult._meta.db_table)} ({columns}) VALUES ({marks})", fields
+    return f"INSERT INTO {table} ({columns}) VALUES ({marks})", fields
 
 
 def copy_statement() -> tuple[str, list[Field]]:
@@ -108,10 +114,8 @@ def copy_statement() -> tuple[str, list[Field]]:
 
 @functools.cache
 def _copy_statement(vendor: str) -> tuple[str, list[Field]]:
-    fields = [concrete_field(name) for name in INSERT_FIELDS]
-    qn = connection.ops.quote_name
-    columns = ", ".join(qn(column_of(f)) for f in fields)
-    return f"COPY {qn(TaskResult._meta.db_table)} ({columns}) FROM STDIN", fields
+    table, columns, fields = _send_columns()
+    return f"COPY {table} ({columns}) FROM STDIN", fields
 
 
 def prepare_for_save(field: Field) -> Callable[[Any], Any]:

@@ -25,7 +25,8 @@ from django.utils import timezone
 
 from .. import store
 from ..conf import tasks_settings
-from ..messages import safe_str
+from ..exceptions import EncodeError
+from ..messages import check_json, safe_str
 from ..models import PeriodicTask
 from ..options import CALL_OPTIONS
 from ..registry import tasks_registry
@@ -88,15 +89,11 @@ def parse_entry(name: Any, value: Any) -> store.CodeEntry:
 
 
 def _check_json(entry: store.CodeEntry) -> None:
-    import json
-
-    from ..models import TaskJSONEncoder
-
     for key in ("args", "kwargs", "options"):
         try:
-            json.dumps(getattr(entry, key), cls=TaskJSONEncoder, allow_nan=False)
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise ValueError(f"'{key}' cannot be stored as JSON: {exc}") from None
+            check_json(getattr(entry, key), key)
+        except (EncodeError, RecursionError) as exc:
+            raise ValueError(f"'{key}' cannot be stored as JSON: {safe_str(exc)}") from None
 
 
 def code_entries() -> dict[str, store.CodeEntry]:

@@ -39,8 +39,9 @@ def admit(
     waiting: list[tuple[ClaimedTask, float]] = []
     for name, tasks in limited.items():
         # Tasks back from waiting their turn go first.
-        tasks.sort(key=lambda c: not store.is_returning(c.options, c.run_after))
-        returning = [store.is_returning(c.options, c.run_after) for c in tasks]
+        back = {id(c): store.is_returning(c.options, c.run_after) for c in tasks}
+        tasks.sort(key=lambda c: not back[id(c)])
+        returning = [back[id(c)] for c in tasks]
         starts, period = limits[name]
         spacing = period / starts
         answers = store.take_starts(name, returning, spacing, tolerance(spacing, period), now)
