@@ -121,3 +121,14 @@ def test_two_workers_keep_to_the_limit_and_other_tasks_pass(start_worker):
     assert (
         TaskResult.objects.filter(task_name=tasks.limited.name, state=states.SUCCESS).count() == 40
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_waits_for_the_tasks_its_rate_limit_held_back(start_worker):
+    """``--burst`` drains the queue: tasks that a rate limit sent back to wait their turn are
+    part of it, and run before the burst ends."""
+    limited = [tasks.limited.delay() for _ in range(12)]  # 20/s: held back up to 0.55 s
+    worker = start_worker("--burst", "--pool", "solo")
+    assert worker.wait(60) == 0, worker.output()
+    assert [r.state for r in limited] == [states.SUCCESS] * 12
+    assert Run.objects.count() == 12

@@ -39,6 +39,8 @@ BATCH_WINDOW = 0.05
 FLUSH_AFTER = 0.02
 #: A burst on a broker transport waits this long for the messages of due tasks.
 BURST_PATIENCE = 5.0
+#: How often a burst waiting for tasks a rate limit held back looks for those now due.
+HELD_LOOK_INTERVAL = 0.05
 #: Claimed tasks held longer than this are checked for a revoke before they start.
 REVOKE_RECHECK_AFTER = 0.1
 #: Where notifications wake the loops: after a claim that found several tasks but not a full
@@ -135,6 +137,9 @@ class Consumer:
         self._burst_waiting_since: float | None = None
         #: When (epoch seconds) to relay the tasks a rate limit held back (broker transports).
         self._relay_at: float | None = None
+        #: When (epoch seconds) the last task a rate limit held back may start: a burst
+        #: waits for it, since it is part of what the burst drains.
+        self._held_until: float | None = None
         #: Prefork children are replaced after this many tasks, or once their resident
         #: memory is over this many KiB after a task (Celery's limits of the same names).
         self.max_tasks = max_tasks
@@ -188,6 +193,10 @@ class Consumer:
         if ran == limit or (ran and (self.burst or not notified)):
             return False
         if self.burst:
+            if self._held_until is not None and time.time() < self._held_until:
+                # Tasks held back by a rate limit come back due one by one meanwhile.
+                self.stop.wait(min(HELD_LOOK_INTERVAL, self._held_until - time.time()))
+                return False
             return not self._burst_should_wait()
         now = time.monotonic()
         if ran and notified and now < self._next_due:
@@ -249,7 +258,11 @@ class Consumer:
         if not batch:
             return 0
         claimed_count = len(batch)
-        batch, again_at = rates.admit(batch, self.transport, self.lease_token)
+        batch, waiting = rates.admit(batch, self.transport, self.lease_token)
+        if waiting:
+            last_at = max(at for _task, at in waiting)
+            self._held_until = max(self._held_until or last_at, last_at)
+        again_at = min((at for _task, at in waiting), default=None)
         if again_at is not None and self.transport.needs_relay:
             # Held back by a rate limit: their messages are gone, and this loop sends them
             # again when due rather than wait for its supervisor's next look.

@@ -16,10 +16,10 @@ BURST_SHARE = 0.05
 
 def admit(
     batch: list[ClaimedTask], transport: Transport, lease_token: str
-) -> tuple[list[ClaimedTask], float | None]:
-    """The tasks of ``batch`` that may start now, and when (epoch seconds) the first of the
-    rest is due again: those, held back by their task's ``rate_limit``, are given back due
-    when their turn comes.
+) -> tuple[list[ClaimedTask], list[tuple[ClaimedTask, float]]]:
+    """The tasks of ``batch`` that may start now, and the rest ``(task, at)``: those, held
+    back by their task's ``rate_limit``, are given back due at ``at`` (epoch seconds), when
+    their turn comes.
 
     Costs nothing for a batch without rate-limited tasks; otherwise two statements per
     rate-limited task name in the batch (read and compare-and-set its bucket), and one
@@ -34,7 +34,7 @@ def admit(
         limited.setdefault(claimed.task_name, []).append(claimed)
         limits[claimed.task_name] = task.rate_limit_parsed
     if not limited:
-        return batch, None
+        return batch, []
     now = time.time()
     waiting: list[tuple[ClaimedTask, float]] = []
     for name, tasks in limited.items():
@@ -49,10 +49,10 @@ def admit(
             (task, at) for task, at in zip(tasks, answers, strict=True) if at is not None
         )
     if not waiting:
-        return batch, None
+        return batch, []
     transport.wait_for_turn(lease_token, waiting)
     held = {id(task) for task, _at in waiting}
-    return [claimed for claimed in batch if id(claimed) not in held], min(at for _t, at in waiting)
+    return [claimed for claimed in batch if id(claimed) not in held], waiting
 
 
 def tolerance(spacing: float, period: float) -> float:
