@@ -135,16 +135,24 @@ def _insert_copy(outgoing: Sequence[NewTask], dispatched: bool) -> None:
     """PostgreSQL: :func:`insert_tasks` as one ``COPY … FROM STDIN`` per :data:`INSERT_BATCH`
     rows: no statement text to parse, values dumped by psycopg's C code."""
     sql, fields = copy_statement()
-    prepare = list(enumerate(copy_preparers()))
+    names = [field.name for field in fields]
+    at_args, at_kwargs = names.index("args"), names.index("kwargs")
+    prepare = [(i, prep) for i, prep in enumerate(copy_preparers()) if prep is not None]
+    others = [(i, prep) for i, prep in prepare if i not in (at_args, at_kwargs)]
     with transaction.atomic():
         for start in range(0, len(outgoing), INSERT_BATCH):
             chunk = outgoing[start : start + INSERT_BATCH]
             rows = []
             for task in chunk:
                 row = _row_values(task, fields, dispatched)
-                for i, prep in prepare:
-                    if prep is not None:
-                        row[i] = prep(row[i])
+                texts = task.encoded.json  # encoded already when the call was checked
+                if texts is None:
+                    steps = prepare
+                else:
+                    row[at_args], row[at_kwargs] = texts
+                    steps = others
+                for i, prep in steps:
+                    row[i] = prep(row[i])
                 rows.append(row)
             _execute_insert(sql, rows, chunk, len(outgoing), copy=True)
 
