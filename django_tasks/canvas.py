@@ -609,6 +609,7 @@ def send_members(
 
     bulk = []
     retry, policy = True, dict[str, Any]()
+    policies: dict[tuple[str, int], tuple[Any, dict[str, Any]]] = {}
     for member in members:
         task = None if isinstance(member, _Canvas) else tasks_registry.get(member.task)
         if task is None:  # a canvas, or a task this process does not know (sent by name)
@@ -616,7 +617,7 @@ def send_members(
             continue
         sig = member.clone(args, kwargs)
         outgoing, retry, policy = task.prepare_member(
-            sig.args, sig.kwargs, {**sig.options, **options}
+            sig.args, sig.kwargs, {**sig.options, **options}, policies
         )
         bulk.append(outgoing)
     if bulk:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 import traceback as tb_module
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kombu import compression as kombu_compression
@@ -32,6 +32,9 @@ class EncodedArguments:
     body: bytes | None = None
     content_type: str = ""
     compression: str | None = None
+    #: The JSON text of ``args`` and of ``kwargs``, as kombu's encoder (the JSON columns'
+    #: encoder) writes them: a bulk send stores them without encoding them again.
+    json: tuple[str, str] | None = field(default=None, compare=False, repr=False)
 
 
 def known_serializers() -> list[str]:
@@ -82,6 +85,10 @@ def accepted_content_types(accept: list[str]) -> set[str]:
     return {serialization.registry.name_to_type.get(a, a) for a in accept}
 
 
+#: ``kombu_json.dumps`` without a new encoder per call (its output is the same).
+_JSON_ENCODER = kombu_json.JSONEncoder()
+
+
 def encode_arguments(
     args: list[Any],
     kwargs: dict[str, Any],
@@ -94,11 +101,11 @@ def encode_arguments(
     try:
         if serializer == "json" and not compression:
             # Validate now; the JSON field encodes the same way when the row is saved.
-            text = kombu_json.dumps([args, kwargs])
-            problem = _unstorable_in(text, [(args, "args"), (kwargs, "kwargs")])
+            texts = (_JSON_ENCODER.encode(args), _JSON_ENCODER.encode(kwargs))
+            problem = _unstorable_in("".join(texts), [(args, "args"), (kwargs, "kwargs")])
             if problem is not None:
                 raise EncodeError(f"Task {task_name!r}: {problem}")
-            return EncodedArguments(args=list(args), kwargs=dict(kwargs))
+            return EncodedArguments(args=list(args), kwargs=dict(kwargs), json=texts)
         content_type, _encoding, data = serialization.dumps([args, kwargs], serializer=serializer)
     except EncodeError as exc:
         if str(exc).startswith(f"Task {task_name!r}: "):

@@ -355,6 +355,36 @@ def test_a_group_is_sent_with_one_insert_per_thousand_tasks():
     assert g.get(timeout=30) == [i + 1 for i in range(2500)]
 
 
+def test_a_group_member_row_holds_what_a_single_send_writes():
+    """The bulk send prepares values per column (on PostgreSQL for its COPY): what it stores
+    reads back as the one-row INSERT's does (kombu's JSON types, naive and aware times,
+    headers, no options), save for the group columns."""
+    import datetime as dt
+    import decimal
+    import uuid
+
+    from django.utils import timezone
+
+    when = dt.datetime(2031, 5, 6, 7, 8, 9, 123456)  # naive: the current time zone
+    value = {"d": decimal.Decimal("1.50"), "u": uuid.UUID(int=7), "t": when, "s": "a\tb\\n"}
+    options = {"eta": when, "expires": timezone.now() + dt.timedelta(days=2)}
+    single = tasks.untyped.apply_async((value,), headers={"h": "\n"}, **options)
+    g = group(
+        tasks.untyped.s(value).set(headers={"h": "\n"}, **options), tasks.ignored.si()
+    ).apply_async()
+    columns = ["args", "kwargs", "body", "content_type", "run_after", "expires", "priority"]
+    sent = TaskResult.objects.get(task_id=single.id)
+    member = TaskResult.objects.get(task_id=g.results[0].id)
+    assert [getattr(member, c) for c in columns] == [getattr(sent, c) for c in columns]
+    assert member.args == [value]
+    assert {k: v for k, v in member.options.items() if k not in ("group_id", "group_index")} == (
+        sent.options
+    )
+    plain = TaskResult.objects.get(task_id=g.results[1].id)
+    assert (plain.args, plain.kwargs, plain.owner_id) == ([], {}, None)
+    assert plain.options["group_id"] == g.id
+
+
 def test_a_group_is_sent_all_or_nothing():
     tasks.add.apply_async((1, 1), task_id="taken")
     with pytest.raises(ValueError, match="taken"):

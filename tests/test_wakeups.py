@@ -17,6 +17,30 @@ from tests.taskapp.models import Run
 sqlite_only = pytest.mark.skipif(
     "connection.vendor != 'sqlite'", reason="PRAGMA data_version is SQLite's"
 )
+postgresql_only = pytest.mark.skipif(
+    "connection.vendor != 'postgresql'", reason="LISTEN/NOTIFY is PostgreSQL's"
+)
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_group_send_notifies_each_queue_once_from_a_statement_trigger():
+    """The insert trigger runs once per statement (a group's COPY of 1,000 rows), not once
+    per row, and still notifies every queue the statement put tasks in, at commit."""
+    from django_tasks import group
+    from django_tasks.store.notify import TASKS_CHANNEL, open_listen_connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tgtype & 1 FROM pg_trigger WHERE tgname = 'django_tasks_enqueued'")
+        assert cursor.fetchall() == [(0,)]  # the ROW bit is clear: FOR EACH STATEMENT
+    listener = open_listen_connection(TASKS_CHANNEL)
+    try:
+        group(tasks.add.s(i, i).set(queue=f"q{i % 2}") for i in range(10)).apply_async()
+        tasks.add.apply_async((1, 1), queue="single")
+        got = [n.payload for n in listener.notifies(timeout=5, stop_after=3)]
+        assert sorted(got) == ["q0", "q1", "single"]
+    finally:
+        listener.close()
 
 
 @sqlite_only

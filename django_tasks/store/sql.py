@@ -8,11 +8,12 @@ written and read is exactly what the ORM would write and read.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from django.db import connection
-from django.db.models import Field
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.models import Field, JSONField
 from django.db.models.expressions import Col
 
 from ..models import TaskResult
@@ -118,16 +119,43 @@ def _copy_statement(vendor: str) -> tuple[str, list[Field]]:
     return f"COPY {table} ({columns}) FROM STDIN", fields
 
 
-def prepare_for_save(field: Field) -> Callable[[Any], Any]:
-    """``field.get_db_prep_save`` where it changes a value (JSON, binary, datetimes), and
-    a plain pass-through for text, numbers and booleans, which the driver takes as is."""
-    if field.get_internal_type() in PASSED_AS_IS:
-        return _as_is
-    return lambda value: field.get_db_prep_save(value, connection)
+def copy_preparers() -> list[Callable[[Any], Any] | None]:
+    """PostgreSQL: per column of :func:`copy_statement`, what turns a value into what
+    ``get_db_prep_save`` would give the ``COPY`` (None: the value as is).
+
+    Decided once per column rather than per value: JSON is encoded with the field's encoder
+    (the text ``Jsonb`` would send), aware datetimes go as they are (Django adapts them
+    unchanged on PostgreSQL), and anything else goes through ``get_db_prep_save`` of the
+    connection itself, not of its per-thread proxy."""
+    conn = connections[DEFAULT_DB_ALIAS]
+    return [_copy_preparer(field, conn) for field in copy_statement()[1]]
 
 
-def _as_is(value: Any) -> Any:
-    return value
+def _copy_preparer(field: Field, conn: Any) -> Callable[[Any], Any] | None:
+    kind = field.get_internal_type()
+    if kind in PASSED_AS_IS:
+        return None
+    if isinstance(field, JSONField):
+        encode = (field.encoder or json.JSONEncoder)().encode
+
+        def json_text(value: Any) -> Any:
+            return None if value is None else encode(value)
+
+        return json_text
+    prep_save = field.get_db_prep_save
+    if kind == "DateTimeField":
+
+        def aware(value: Any) -> Any:
+            if value is None or value.tzinfo is not None:
+                return value
+            return prep_save(value, conn)  # naive: Django's warning and time zone
+
+        return aware
+
+    def prepared(value: Any) -> Any:
+        return None if value is None else prep_save(value, conn)
+
+    return prepared
 
 
 #: Field types whose Python values a driver takes unchanged.

@@ -21,7 +21,7 @@ from ..messages import EncodedArguments, exception_to_dict
 from ..models import CLAIMABLE_STATES, TaskResult, TaskStateChange
 from .canvas import purge_groups, revoke_chord_body
 from .changes import StateChange, record_states, revoked_change
-from .sql import CANVAS_COLUMNS, copy_statement, insert_statement, prepare_for_save
+from .sql import CANVAS_COLUMNS, copy_preparers, copy_statement, insert_statement
 
 logger = logging.getLogger("django_tasks.transport")
 
@@ -135,19 +135,25 @@ def _insert_copy(outgoing: Sequence[NewTask], dispatched: bool) -> None:
     """PostgreSQL: :func:`insert_tasks` as one ``COPY … FROM STDIN`` per :data:`INSERT_BATCH`
     rows: no statement text to parse, values dumped by psycopg's C code."""
     sql, fields = copy_statement()
-    prepare = [prepare_for_save(field) for field in fields]
+    names = [field.name for field in fields]
+    at_args, at_kwargs = names.index("args"), names.index("kwargs")
+    prepare = [(i, prep) for i, prep in enumerate(copy_preparers()) if prep is not None]
+    others = [(i, prep) for i, prep in prepare if i not in (at_args, at_kwargs)]
     with transaction.atomic():
         for start in range(0, len(outgoing), INSERT_BATCH):
             chunk = outgoing[start : start + INSERT_BATCH]
-            rows = [
-                [
-                    prep(value)
-                    for prep, (_field, value) in zip(
-                        prepare, _row(task, fields, dispatched), strict=True
-                    )
-                ]
-                for task in chunk
-            ]
+            rows = []
+            for task in chunk:
+                row = _row_values(task, fields, dispatched)
+                texts = task.encoded.json  # encoded already when the call was checked
+                if texts is None:
+                    steps = prepare
+                else:
+                    row[at_args], row[at_kwargs] = texts
+                    steps = others
+                for i, prep in steps:
+                    row[i] = prep(row[i])
+                rows.append(row)
             _execute_insert(sql, rows, chunk, len(outgoing), copy=True)
 
 
@@ -209,6 +215,11 @@ def mark_dispatched(task_ids: list[str]) -> None:
 
 def _row(outgoing: NewTask, fields: list[Any], dispatched: bool) -> list[tuple[Any, Any]]:
     """The send ``INSERT``'s fields and values for ``outgoing``."""
+    return list(zip(fields, _row_values(outgoing, fields, dispatched), strict=True))
+
+
+def _row_values(outgoing: NewTask, fields: list[Any], dispatched: bool) -> list[Any]:
+    """The send ``INSERT``'s values for ``outgoing``, in the order of ``fields``."""
     encoded = outgoing.encoded
     options = outgoing.options or {}
     values = {
@@ -233,7 +244,7 @@ def _row(outgoing: NewTask, fields: list[Any], dispatched: bool) -> list[tuple[A
     }
     for column, option in CANVAS_COLUMNS.items():
         values[column] = options.get(option)
-    return [(field, values[field.name]) for field in fields]
+    return [values[field.name] for field in fields]
 
 
 #: The reason a send that raised leaves on its row (``REVOKED``).
