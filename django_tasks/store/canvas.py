@@ -111,16 +111,28 @@ def advance_chords(ended: Iterable[Ended]) -> None:
     """Count header outcomes into their chords, in the caller's transaction: a success takes
     one off the counter (the last sends the body); a failure or revoke fails the chord.
 
-    Chords are locked in the order of their ids, so two writers whose batches hold tasks of
-    the same chords cannot deadlock on their rows."""
-    for task in sorted(ended, key=lambda t: t.chord or ""):
-        if task.chord is None:
-            continue
-        if task.state == states.SUCCESS:
-            if task.counts:
-                _count_success(task.chord)
-        elif task.state in states.PROPAGATE_STATES:
-            _fail(task.chord, task.pk, task.state, task.result)
+    A chord's successes in one batch are counted with one write of its counter. Chords are
+    locked in the order of their ids, so two writers whose batches hold tasks of the same
+    chords cannot deadlock on their rows."""
+    by_chord: dict[str, list[Ended]] = {}
+    for task in ended:
+        if task.chord is not None:
+            by_chord.setdefault(task.chord, []).append(task)
+    for chord in sorted(by_chord):
+        successes = 0
+        for task in by_chord[chord]:
+            if task.state == states.SUCCESS:
+                successes += 1 if task.counts else 0
+            elif task.state in states.PROPAGATE_STATES:
+                # The successes before it count first; the first failure decides the chord
+                # (the rest of its batch-mates would find it decided already).
+                if successes:
+                    _count_success(chord, successes)
+                _fail(chord, task.pk, task.state, task.result)
+                break
+        else:
+            if successes:
+                _count_success(chord, successes)
 
 
 def chord_members(pks: list[int]) -> dict[int, tuple[str, bool]]:
@@ -132,13 +144,15 @@ def chord_members(pks: list[int]) -> dict[int, tuple[str, bool]]:
     return {pk: (chord, index is not None) for pk, chord, index in rows if chord}
 
 
-def _count_success(chord: str) -> None:
+def _count_success(chord: str, count: int = 1) -> None:
+    """Take ``count`` header successes off the chord's counter; the one that brings it to
+    zero sends the body."""
     table = connection.ops.quote_name(TaskGroup._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET remaining = remaining - 1 "
+            f"UPDATE {table} SET remaining = remaining - %s "
             f"WHERE group_id = %s AND chord_state = %s",
-            [chord, TaskGroup.CHORD_PENDING],
+            [count, chord, TaskGroup.CHORD_PENDING],
         )
         if cursor.rowcount != 1:
             return  # failed or revoked already (or an unknown chord)
