@@ -235,14 +235,15 @@ def _record(
         (((names, keep_lease), group),) = groups.items()
         return len(_update_and_log(group, names, keep_lease, lease_token, worker, now))
     applied: list[StateChange] = []
+    #: PostgreSQL's statements returned which rows changed: their chords count them.
+    counted: list[StateChange] = []
     recorded = 0
     with transaction.atomic():
         for (names, keep_lease), group in groups.items():
             if one_statement:
                 done = _update_and_log(group, names, keep_lease, lease_token, worker, now)
                 recorded += len(done)
-                if in_chords:
-                    _settle_chords([c for c in group if c.pk in done], look_up=False)
+                counted.extend(c for c in group if c.chord and c.pk in done)
             elif batched:
                 _update_batch(group, names, keep_lease, lease_token)
                 applied.extend(group)
@@ -266,6 +267,10 @@ def _record(
                 for c in applied
             )
             _settle_chords(applied, look_up=guard is not None)
+        if counted:
+            # Once for the whole batch, so that its chords are locked in the order of their
+            # ids whatever group of alike changes their outcomes were in.
+            _settle_chords(counted, look_up=False)
     return recorded + len(applied)
 
 
