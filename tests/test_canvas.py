@@ -440,7 +440,7 @@ def test_the_count_and_the_success_commit_together(monkeypatch):
     counter missed (which would leave the chord waiting forever)."""
     from django_tasks.store import canvas as store_canvas
 
-    def broken(chord_id):
+    def broken(chord_id, count=1):
         raise RuntimeError("the counter could not be written")
 
     monkeypatch.setattr(store_canvas, "_count_success", broken)

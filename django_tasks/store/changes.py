@@ -130,8 +130,10 @@ DEADLOCK_ATTEMPTS = 3
 def _record_batch(
     changes: list[StateChange], worker: str, lease_token: str | None, guard: Q | None
 ) -> int:
-    # A chord's header outcomes are written one by one, to know which applied and count them.
-    batched = guard is None and not any(c.chord for c in changes)
+    # A guarded write is row by row, to know which rows it changed (revoke, expiry and the
+    # lost-worker rule write few rows). A batch tells which applied as well: on PostgreSQL
+    # its statement returns their ids; elsewhere it applies whole or is redone row by row.
+    batched = guard is None
     # Inside a caller's transaction a savepoint keeps a refused batch from breaking it; in
     # autocommit a refused statement changes nothing.
     with transaction.atomic() if connection.in_atomic_block else nullcontext():
@@ -227,16 +229,21 @@ def _record(
         if not change.delete:
             groups.setdefault((tuple(sorted(change.fields)), change.keep_lease), []).append(change)
     one_statement = batched and connection.vendor == "postgresql"
-    if one_statement and len(groups) == 1 and not deletes:
+    in_chords = any(c.chord for c in changes)
+    if one_statement and len(groups) == 1 and not deletes and not in_chords:
         # The common case (a batch of alike outcomes) is a single autocommit statement.
         (((names, keep_lease), group),) = groups.items()
-        return _update_and_log(group, names, keep_lease, lease_token, worker, now)
+        return len(_update_and_log(group, names, keep_lease, lease_token, worker, now))
     applied: list[StateChange] = []
+    #: PostgreSQL's statements returned which rows changed: their chords count them.
+    counted: list[StateChange] = []
     recorded = 0
     with transaction.atomic():
         for (names, keep_lease), group in groups.items():
             if one_statement:
-                recorded += _update_and_log(group, names, keep_lease, lease_token, worker, now)
+                done = _update_and_log(group, names, keep_lease, lease_token, worker, now)
+                recorded += len(done)
+                counted.extend(c for c in group if c.chord and c.pk in done)
             elif batched:
                 _update_batch(group, names, keep_lease, lease_token)
                 applied.extend(group)
@@ -260,6 +267,10 @@ def _record(
                 for c in applied
             )
             _settle_chords(applied, look_up=guard is not None)
+        if counted:
+            # Once for the whole batch, so that its chords are locked in the order of their
+            # ids whatever group of alike changes their outcomes were in.
+            _settle_chords(counted, look_up=False)
     return recorded + len(applied)
 
 
@@ -305,12 +316,13 @@ def _update_and_log(
     now: Any,
     *,
     unfinished_only: bool = False,
-) -> int:
-    """PostgreSQL: update the rows and insert their history rows in one statement.
+) -> set[int]:
+    """PostgreSQL: update the rows and insert their history rows in one statement; the
+    pks of the rows it changed.
 
     ``UPDATE … RETURNING`` feeds the history ``INSERT``, so only rows still leased under
     ``lease_token`` (and, with ``unfinished_only``, not in a ready state) get history, and
-    the count says exactly how many changed.
+    the ``INSERT``'s own ``RETURNING`` says exactly which changed (a chord counts those).
     """
     fields = [concrete_field(name) for name in ("state", *names)]
     qn = connection.ops.quote_name
@@ -334,7 +346,8 @@ def _update_and_log(
         f"{unfinished} "
         f"RETURNING t.id) "
         f"INSERT INTO {qn(history)} (task_id, state, at, worker, detail, meta) "
-        f"SELECT u.id, v.state, %s, %s, v.detail, v.history_meta FROM u JOIN v ON v.id = u.id"
+        f"SELECT u.id, v.state, %s, %s, v.detail, v.history_meta FROM u JOIN v ON v.id = u.id "
+        f"RETURNING task_id"
     )
     params: list[Any] = [[change.pk for change in group]]
     for field_, name in zip(fields, ("state", *names), strict=True):
@@ -357,8 +370,7 @@ def _update_and_log(
     params.extend([now, worker])
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        count: int = cursor.rowcount
-        return count
+        return {pk for (pk,) in cursor.fetchall()}
 
 
 def _update_batch(
@@ -430,8 +442,10 @@ def store_custom_state(
         raise ValueError(f"update_state(): no task with id {task_id!r} is stored")
     change = StateChange(pk, state, {"meta": meta}, keep_lease=True)
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
-        applied = _update_and_log(
-            [change], ("meta",), True, None, worker or "", timezone.now(), unfinished_only=True
+        applied = len(
+            _update_and_log(
+                [change], ("meta",), True, None, worker or "", timezone.now(), unfinished_only=True
+            )
         )
     else:
         unfinished = ~Q(state__in=states.READY_STATES)
