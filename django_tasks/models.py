@@ -369,12 +369,11 @@ class RateLimitBucket(models.Model):
 
     ``allowed_at`` is the generic cell rate algorithm's "theoretical arrival time": a task may
     start while it is at most the tolerance ahead of now, and each start moves it on by one
-    interval. ``next_slot`` is where the next task held back gets its due time, so that the
+    interval. A task held back is given the turn it would have had, and moves it on the same:
     tasks held back by every worker line up one interval apart instead of racing."""
 
     task_name = models.CharField("task name", max_length=255, primary_key=True)
     allowed_at = models.FloatField("allowed at", default=0.0)
-    next_slot = models.FloatField("next slot", default=0.0)
 
     class Meta:
         verbose_name = "rate limit bucket"

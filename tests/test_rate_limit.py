@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from django_tasks import states, task
 from django_tasks.exceptions import ImproperlyConfiguredTask
@@ -15,6 +17,9 @@ from django_tasks.store import take_starts
 from tests.conftest import wait_until
 from tests.taskapp import tasks
 from tests.taskapp.models import Run
+
+#: How late a task back at its turn may come and still start (seconds).
+LATE = 0.05
 
 
 @pytest.mark.parametrize(
@@ -68,30 +73,75 @@ def test_a_bad_rate_limit_fails_at_declaration_naming_the_task(value):
 def test_every_worker_draws_on_one_budget_and_held_tasks_line_up():
     now = time.time()
     # Three new tasks: one starts, two wait their turn one interval apart.
-    assert take_starts("t", [False] * 3, 0.1, 0.0, now) == [
+    assert take_starts("t", [None] * 3, 0.1, 0.0, now, LATE) == [
         None,
         pytest.approx(now + 0.1),
         pytest.approx(now + 0.2),
     ]
     # Another worker, the same instant: its tasks line up behind those.
-    assert take_starts("t", [False] * 2, 0.1, 0.0, now) == [
+    assert take_starts("t", [None] * 2, 0.1, 0.0, now, LATE) == [
         pytest.approx(now + 0.3),
         pytest.approx(now + 0.4),
     ]
-    # A task back at its turn starts; the next one back early waits for the bucket.
-    assert take_starts("t", [True, True], 0.1, 0.0, now + 0.1) == [None, pytest.approx(now + 0.2)]
+    # A task back at its turn starts; one back before its turn waits for it.
+    assert take_starts("t", [now + 0.1, now + 0.2], 0.1, 0.0, now + 0.1, LATE) == [
+        None,
+        pytest.approx(now + 0.2),
+    ]
     # Unused time is not banked: after a quiet spell the next start is now, and only one.
     later = now + 60
-    assert take_starts("t", [False, False], 0.1, 0.0, later) == [None, pytest.approx(later + 0.1)]
+    assert take_starts("t", [None, None], 0.1, 0.0, later, LATE) == [
+        None,
+        pytest.approx(later + 0.1),
+    ]
     bucket = RateLimitBucket.objects.get(task_name="t")
-    assert bucket.allowed_at == pytest.approx(later + 0.1)
+    assert bucket.allowed_at == pytest.approx(later + 0.2)
+
+
+@pytest.mark.django_db
+def test_a_task_back_at_its_turn_starts_though_the_one_before_came_late():
+    """Each task held back owns its turn: one that comes back late (a broker's round trip)
+    does not push the next one out of its turn, which would send it round again."""
+    now = time.time()
+    assert take_starts("l", [None] * 4, 0.1, 0.0, now, LATE) == [
+        None,
+        pytest.approx(now + 0.1),
+        pytest.approx(now + 0.2),
+        pytest.approx(now + 0.3),
+    ]
+    assert take_starts("l", [now + 0.1], 0.1, 0.0, now + 0.14, LATE) == [None]
+    assert take_starts("l", [now + 0.2], 0.1, 0.0, now + 0.2, LATE) == [None]
+    # A new task still lines up behind every turn handed out.
+    assert take_starts("l", [None], 0.1, 0.0, now + 0.2, LATE) == [pytest.approx(now + 0.4)]
+
+
+@pytest.mark.django_db
+def test_a_task_back_long_after_its_turn_lines_up_again():
+    """A turn missed by far (its worker was busy or gone) is not made up at once, which would
+    crowd the starts of later turns into one period."""
+    now = time.time()
+    answers = take_starts("m", [None] * 20, 0.1, 0.0, now, LATE)
+    assert answers[-1] == pytest.approx(now + 1.9)
+    assert take_starts("m", [now + 0.1], 0.1, 0.0, now + 1.0, LATE) == [pytest.approx(now + 2.0)]
+
+
+@pytest.mark.django_db
+def test_tasks_back_at_their_turn_cost_no_statement():
+    now = time.time()
+    take_starts("c", [None] * 3, 0.03, 0.0, now, LATE)
+    with CaptureQueriesContext(connection) as queries:
+        assert take_starts("c", [now + 0.03, now + 0.06], 0.03, 0.0, now + 0.06, LATE) == [
+            None,
+            None,
+        ]
+    assert len(queries) == 0, [q["sql"] for q in queries]
 
 
 @pytest.mark.django_db
 def test_a_small_burst_is_tolerated_so_late_claims_catch_up():
     now = time.time()
     # "50/s": 20 ms apart, 5 % of the limit as tolerance: two start at once, then spaced.
-    answers = take_starts("b", [False] * 5, 0.02, 0.03, now)
+    answers = take_starts("b", [None] * 5, 0.02, 0.03, now, LATE)
     assert answers == [
         None,
         None,

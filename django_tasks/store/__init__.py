@@ -47,7 +47,7 @@ from .leases import (
     seconds_until_due,
     terminate_requests,
 )
-from .rates import is_returning, take_starts, wait_for_turn
+from .rates import take_starts, turn_of, wait_for_turn
 from .schedules import (
     CodeEntry,
     advance,
@@ -101,7 +101,6 @@ __all__ = [
     "heartbeat_worker",
     "insert_task",
     "insert_tasks",
-    "is_returning",
     "link_rerun",
     "mark_dispatched",
     "mark_unsent",
@@ -134,6 +133,7 @@ __all__ = [
     "take_starts",
     "task_label",
     "terminate_requests",
+    "turn_of",
     "wait_for_turn",
     "worker_rows",
 ]

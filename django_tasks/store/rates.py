@@ -1,11 +1,12 @@
 """Rate limits held in the database, shared by every worker.
 
-Each rate-limited task name has a bucket row (:class:`~django_tasks.models.RateLimitBucket`).
-A worker that claimed tasks of that name asks :func:`take_starts` which may start now, with
-one read and one compare-and-set of that row (the generic cell rate algorithm: starts one
-interval apart on average, a small burst tolerated so that late claims catch up). Those that
-may not start go back to the queue due at the time they may, marked so that a task coming
-back is not given a new place behind the others.
+Each rate-limited task name has a bucket row (:class:`~django_tasks.models.RateLimitBucket`)
+holding the time the next start is allowed (the generic cell rate algorithm: starts one
+interval apart on average, a small burst tolerated so that late claims catch up). A worker that
+claimed tasks of that name asks :func:`take_starts` which may start now, with one read and one
+compare-and-set of that row. Those that may not start are given a turn of their own, one
+interval after the last one handed out, and go back to the queue due then, marked with it:
+coming back, a task starts at its turn without asking the bucket again.
 """
 
 from __future__ import annotations
@@ -25,44 +26,57 @@ MAX_ATTEMPTS = 100
 
 
 def take_starts(
-    task_name: str, returning: list[bool], spacing: float, tolerance: float, now: float
+    task_name: str,
+    turns: list[float | None],
+    spacing: float,
+    tolerance: float,
+    now: float,
+    late: float,
 ) -> list[float | None]:
-    """For each claimed task of ``task_name`` (``returning``: whether it is back from waiting
-    its turn): None if it may start now, else the time (epoch seconds) it is due again.
+    """For each claimed task of ``task_name`` (``turns``: the turn it was given when held
+    back, or None for a new one): None if it may start now, else the time (epoch seconds) it is
+    due again.
 
-    A start is allowed while the bucket's ``allowed_at`` is at most ``tolerance`` ahead of now,
-    and moves it on by ``spacing``. A returning task refused waits until the bucket allows;
-    a new one refused gets the next free slot, one ``spacing`` after the last one handed out.
+    A task back at its turn starts, if it comes no more than ``tolerance`` early and ``late``
+    seconds late; that costs no statement. Back early, it waits for its turn. Back later than
+    that (its worker was busy or gone), it lines up again like a new task: starting it would
+    crowd the starts of later turns. A new task starts while the bucket's ``allowed_at`` is
+    at most ``tolerance`` ahead of now, and moves it on by ``spacing``; refused, it gets the
+    next turn, and the bucket moves on by ``spacing`` too.
     """
+    answers: list[float | None] = [None] * len(turns)
+    new: list[int] = []
+    for index, turn in enumerate(turns):
+        if turn is None or now - turn > late:
+            new.append(index)
+        elif turn - now > tolerance:
+            answers[index] = turn
+    if not new:
+        return answers
     for _attempt in range(MAX_ATTEMPTS):
-        row = (
+        allowed_at = (
             RateLimitBucket.objects.filter(task_name=task_name)
-            .values_list("allowed_at", "next_slot")
+            .values_list("allowed_at", flat=True)
             .first()
         )
-        if row is None:
+        if allowed_at is None:
             try:
                 with transaction.atomic():
                     RateLimitBucket.objects.create(task_name=task_name)
             except IntegrityError:
                 pass  # another worker made it
             continue
-        allowed_at, next_slot = row
-        answers: list[float | None] = []
-        at, slot = allowed_at, next_slot
-        for back in returning:
+        at = allowed_at
+        for index in new:
             if at - now <= tolerance:
                 at = max(at, now) + spacing
-                answers.append(None)
-            elif back:
-                answers.append(at - tolerance)
+                answers[index] = None
             else:
-                slot = max(slot, at - tolerance, now)
-                answers.append(slot)
-                slot += spacing
-        updated = RateLimitBucket.objects.filter(
-            task_name=task_name, allowed_at=allowed_at, next_slot=next_slot
-        ).update(allowed_at=at, next_slot=slot)
+                answers[index] = at - tolerance
+                at += spacing
+        updated = RateLimitBucket.objects.filter(task_name=task_name, allowed_at=allowed_at).update(
+            allowed_at=at
+        )
         if updated:
             return answers
     raise RuntimeError(f"the rate limit bucket of {task_name!r} is changed too often to use")
@@ -88,10 +102,11 @@ def wait_for_turn(
     return returned
 
 
-def is_returning(options: dict[str, Any], run_after: dt.datetime | None) -> bool:
-    """Whether a claimed task is back from waiting its turn: marked so, and still due at that
-    time (a retry moves the due time, and the task then lines up again)."""
+def turn_of(options: dict[str, Any], run_after: dt.datetime | None) -> float | None:
+    """The turn (epoch seconds) a claimed task was given when a rate limit held it back, or
+    None: never held back, or due at another time since (a retry moves the due time, and the
+    task then lines up again)."""
     at = options.get(RESERVED_START)
     if not isinstance(at, int | float) or isinstance(at, bool) or run_after is None:
-        return False
-    return abs(run_after.timestamp() - at) < 0.001
+        return None
+    return at if abs(run_after.timestamp() - at) < 0.001 else None
