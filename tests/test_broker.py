@@ -426,6 +426,34 @@ def test_a_send_whose_publish_raised_after_a_worker_took_it_counts_as_sent(monke
     assert Run.objects.filter(label="sent after all").count() == 1
 
 
+def test_a_task_its_rate_limit_held_back_is_claimed_from_its_row_at_its_turn():
+    """Its message is gone; a new one would queue behind the broker's backlog and come back
+    after its turn. The relay leaves it to the worker that held it, for a while."""
+    held = tasks.limited.delay()
+    take()  # its message, as the worker that claimed it acknowledged it
+    turn = time.time() - 0.01
+    TaskResult.objects.filter(task_id=held.id).update(
+        run_after=dt.datetime.fromtimestamp(turn, tz=dt.UTC),
+        options={store.RESERVED_START: turn},
+        dispatched=False,
+    )
+    transport = get_transport()
+    transport.relay()
+    assert take(timeout=0.3) is None  # left to its worker
+
+    (claimed,) = transport.claim_unpublished(store.Claim(["default"], 10, "token", 30, "x:1"))
+    assert claimed.task_id == held.id
+    assert store.turn_of(claimed.options, claimed.run_after) == pytest.approx(turn)
+    assert transport.claim_unpublished(store.Claim(["default"], 10, "other", 30, "x:2")) == []
+
+    # Its worker is gone: its lease ran out and it is due again, long past its turn.
+    TaskResult.objects.filter(task_id=held.id).update(
+        lease_token=None, run_after=timezone.now() - dt.timedelta(seconds=2)
+    )
+    transport.relay()
+    assert take().headers["id"] == held.id
+
+
 def test_a_message_lost_in_flight_is_sent_again_once_its_queue_is_empty():
     """A consumer killed between popping a message and holding it (Redis) loses it; the
     relay sends again tasks long overdue whose broker queue is empty."""

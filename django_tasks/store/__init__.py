@@ -32,6 +32,7 @@ from .changes import (
     task_label,
 )
 from .leases import (
+    RESERVED_START,
     AcksLatePolicy,
     Claim,
     ClaimedTask,
@@ -77,6 +78,7 @@ from .tasks import (
 from .workers import heartbeat_worker, purge_workers, register_worker, running_tasks
 
 __all__ = [
+    "RESERVED_START",
     "AcksLatePolicy",
     "Claim",
     "ClaimedTask",

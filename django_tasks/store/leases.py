@@ -54,6 +54,12 @@ RELAY_COLUMNS = tuple(
 )
 #: Decides, by task name, whether a lost task is queued again (``acks_late``) or fails.
 AcksLatePolicy = Callable[[str], bool]
+#: The options key that marks a task a rate limit held back: its turn (epoch seconds).
+RESERVED_START = "rate_limit_start"
+#: How long after its turn the relay leaves a task a rate limit held back to the worker that
+#: held it (which claims it from its row at its turn) before publishing it: a message would
+#: queue behind the broker's backlog and come back late.
+HELD_GRACE = 1.0
 
 
 @dataclass(slots=True)
@@ -92,7 +98,7 @@ class ClaimedTask:
 @dataclass(frozen=True, slots=True)
 class Claim:
     """What one claim asks for: due tasks of ``queues``, or those of ``task_ids`` (the tasks
-    a broker delivered)."""
+    a broker delivered); ``unpublished``: only those without a message (broker transports)."""
 
     queues: list[str]
     limit: int
@@ -100,6 +106,7 @@ class Claim:
     lease_seconds: float
     worker: str
     task_ids: list[str] | None = None
+    unpublished: bool = False
 
 
 def claim(request: Claim) -> list[ClaimedTask]:
@@ -127,6 +134,10 @@ def _claim_returning(c: Claim, now: dt.datetime) -> list[ClaimedTask]:
         # duplicate deliveries cannot deadlock.
         column, values, order = "task_id", c.task_ids, "id"
         lock = " FOR UPDATE"
+    unpublished = ""
+    if c.unpublished:
+        # The relay's partial index: oldest due first.
+        unpublished, order = " AND NOT dispatched", "run_after, id"
     if connection.vendor != "postgresql":
         lock = ""
     marks = ", ".join(["%s"] * len(values))
@@ -134,7 +145,7 @@ def _claim_returning(c: Claim, now: dt.datetime) -> list[ClaimedTask]:
         f"UPDATE {table} SET lease_token = %s, lease_expires = %s, worker = %s, "
         f"date_started = %s WHERE id IN (SELECT id FROM {table} "
         f"WHERE state IN (%s, %s) AND lease_token IS NULL AND {column} IN ({marks}) "
-        f"AND run_after <= %s ORDER BY {order} LIMIT %s{lock}) "
+        f"AND run_after <= %s{unpublished} ORDER BY {order} LIMIT %s{lock}) "
         f"RETURNING {', '.join(CLAIM_COLUMNS)}"
     )
     params = [
@@ -171,6 +182,8 @@ def _claim_select_then_update(c: Claim, now: dt.datetime) -> list[TaskResult]:
     with transaction.atomic():
         if c.task_ids is None:
             waiting = TaskResult.objects.claimable(c.queues, now)
+            if c.unpublished:
+                waiting = waiting.filter(dispatched=False).order_by("run_after", "id")
         else:
             skip_locked = False  # as on PostgreSQL: wait for the relay, in id order
             waiting = TaskResult.objects.filter(
@@ -385,9 +398,13 @@ def publish_due(publish: Callable[[dict[str, Any]], None], limit: int) -> tuple[
     # Row locks keep two relays apart; SQLite has none, and a read transaction there
     # could not be upgraded to write once a worker has written.
     locking = connection.vendor != "sqlite"
+    # Tasks a rate limit held back are left to the workers that held them for a while.
+    held = Q(options__has_key=RESERVED_START)
+    left_to_their_worker = held & Q(run_after__gt=now - dt.timedelta(seconds=HELD_GRACE))
     with transaction.atomic() if locking else contextlib.nullcontext():
         rows = list(
             waiting.filter(run_after__lte=now)
+            .exclude(left_to_their_worker)
             .select_for_update(skip_locked=skip_locked)
             .order_by("run_after", "id")
             .values_list(*RELAY_COLUMNS)[:limit]
@@ -398,7 +415,10 @@ def publish_due(publish: Callable[[dict[str, Any]], None], limit: int) -> tuple[
             TaskResult.objects.filter(pk__in=[r[0] for r in rows]).update(dispatched=True)
     if len(rows) == limit:
         return len(rows), 0.0
-    next_due = waiting.order_by("run_after").values_list("run_after", flat=True).first()
+    # Held tasks come into it only at the relay's next regular look.
+    next_due = (
+        waiting.exclude(held).order_by("run_after").values_list("run_after", flat=True).first()
+    )
     if next_due is None:
         return len(rows), None
     return len(rows), max((next_due - timezone.now()).total_seconds(), 0.0)

@@ -17,10 +17,8 @@ from typing import Any
 from django.db import IntegrityError, transaction
 
 from ..models import RateLimitBucket, TaskResult
-from .leases import RELEASED
+from .leases import RELEASED, RESERVED_START
 
-#: The options key that marks a task given back to wait for its turn (epoch seconds).
-RESERVED_START = "rate_limit_start"
 #: How many times a take is tried again when other workers changed the row meanwhile.
 MAX_ATTEMPTS = 100
 

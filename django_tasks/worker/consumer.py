@@ -6,6 +6,7 @@ A worker runs ``--concurrency`` of these, each in its own process (prefork), thr
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -135,8 +136,9 @@ class Consumer:
         self._last_claim = 0.0  # monotonic time of the last claim
         self._linger = False  # whether the next claim waits for CLAIM_LINGER to pass
         self._burst_waiting_since: float | None = None
-        #: When (epoch seconds) to relay the tasks a rate limit held back (broker transports).
-        self._relay_at: float | None = None
+        #: The turns (epoch seconds, a heap) of the tasks a rate limit held back (broker
+        #: transports): this loop claims them from their rows then.
+        self._turns: list[float] = []
         #: When (epoch seconds) the last task a rate limit held back may start: a burst
         #: waits for it, since it is part of what the burst drains.
         self._held_until: float | None = None
@@ -175,9 +177,6 @@ class Consumer:
             limit = max(1, min(limit, self.max_tasks - self.tasks_run))  # claim no spare tasks
         if self.burst and self.transport.needs_relay:
             self.transport.relay()  # a worker's supervisor does this; burst runs alone
-        if self._relay_at is not None and time.time() >= self._relay_at:
-            due_in = self.transport.relay()
-            self._relay_at = None if due_in is None else time.time() + due_in
         if self._linger:
             self.stop.wait(self._last_claim + CLAIM_LINGER - time.monotonic())
         self._last_claim = time.monotonic()
@@ -205,8 +204,8 @@ class Consumer:
         else:
             wait = self.transport.seconds_until_due(self.queues, self.poll_interval)
             self._next_due = now + wait
-        if self._relay_at is not None:
-            wait = max(0.0, min(wait, self._relay_at - time.time()))
+        if self._turns:
+            wait = max(0.0, min(wait, self._turns[0] - time.time()))
         self.transport.wait_for_tasks(self.queues, wait)
         return False
 
@@ -245,6 +244,22 @@ class Consumer:
             except DatabaseError as again:
                 exc, failures = again, failures + 1
 
+    def _claim_turns(self, request: store.Claim) -> list[ClaimedTask]:
+        """The tasks this loop's rate limits held back whose turn has come, claimed from their
+        rows (with any other due task that waits without a message)."""
+        now = time.time()
+        if not self._turns or self._turns[0] > now:
+            return []
+        claimed = self.transport.claim_unpublished(request)
+        # A short claim took every due one: the turns left were taken by others (another
+        # loop, or the relay once they were late).
+        turns_used = len(claimed) if len(claimed) == request.limit else len(self._turns)
+        for _ in range(turns_used):
+            if not self._turns or self._turns[0] > now:
+                break
+            heapq.heappop(self._turns)
+        return claimed
+
     def run_batch(self, limit: int | None = None) -> int:
         """Claim, run and record one batch of at most ``limit``; return how many it held."""
         request = store.Claim(
@@ -254,7 +269,9 @@ class Consumer:
             self.lease_seconds,
             self.hostname,
         )
-        batch = self.transport.claim(request, known_task=tasks_registry.__contains__)
+        batch = self._claim_turns(request) or self.transport.claim(
+            request, known_task=tasks_registry.__contains__
+        )
         if not batch:
             return 0
         claimed_count = len(batch)
@@ -262,11 +279,11 @@ class Consumer:
         if waiting:
             last_at = max(at for _task, at in waiting)
             self._held_until = max(self._held_until or last_at, last_at)
-        again_at = min((at for _task, at in waiting), default=None)
-        if again_at is not None and self.transport.needs_relay:
-            # Held back by a rate limit: their messages are gone, and this loop sends them
-            # again when due rather than wait for its supervisor's next look.
-            self._relay_at = min(self._relay_at or again_at, again_at)
+            if self.transport.needs_relay:
+                # Their messages are gone: this loop claims them from their rows at their
+                # turns (a new message would queue behind the broker's backlog).
+                for _task, at in waiting:
+                    heapq.heappush(self._turns, at)
         if not batch:
             return claimed_count
         # Deliveries of tasks that are not acks_late are acknowledged before they run.

@@ -33,7 +33,14 @@ from ..messages import (
     serializer_of,
 )
 from ..registry import tasks_registry
-from ..store import ClaimedTask, StateChange, failure_change, record_states, revoked_change
+from ..store import (
+    RESERVED_START,
+    ClaimedTask,
+    StateChange,
+    failure_change,
+    record_states,
+    revoked_change,
+)
 from .limits import Enforcer, Limits
 
 logger = logging.getLogger("django_tasks.worker")
@@ -266,8 +273,14 @@ def _retry_change(
     for name in ("queue", "priority", "expires"):
         if name in retry.options:
             fields[name] = retry.options[name]
+    options = claimed.options
     if "headers" in retry.options:
-        fields["options"] = {**claimed.options, "headers": retry.options["headers"]}
+        options = {**options, "headers": retry.options["headers"]}
+    if RESERVED_START in options:
+        # A rate limit's turn is for this run: the retry lines up again.
+        options = {k: v for k, v in options.items() if k != RESERVED_START}
+    if options is not claimed.options:
+        fields["options"] = options
     return StateChange(
         claimed.pk,
         states.RETRY,
