@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from django_tasks import states, task
+from django_tasks import states, store, task
 from django_tasks.exceptions import ImproperlyConfiguredTask
 from django_tasks.models import RateLimitBucket, TaskResult
 from django_tasks.options import parse_rate_limit
@@ -138,6 +138,30 @@ def test_tasks_back_at_their_turn_cost_no_statement():
 
 
 @pytest.mark.django_db
+def test_tasks_held_back_are_given_back_in_one_statement():
+    """However many: the turns handed out pass while they are being given back."""
+    for _ in range(3):
+        tasks.limited.delay()
+    claimed = store.claim(store.Claim(["default"], 10, "token", 30, "w"))
+    now = time.time()
+    turns = [now + 1, now + 2, now + 3]
+    with CaptureQueriesContext(connection) as queries:
+        returned = store.wait_for_turn(
+            "token",
+            [(c.pk, at, c.options) for c, at in zip(claimed, turns, strict=True)],
+            republish=True,
+        )
+    assert returned == 3
+    assert len(queries) == 1, [q["sql"] for q in queries]
+    for c, at in zip(claimed, turns, strict=True):
+        row = TaskResult.objects.get(pk=c.pk)
+        assert row.lease_token is None and not row.dispatched
+        assert store.turn_of(row.options, row.run_after) == pytest.approx(at)
+    # A lease lost meanwhile is not given back by its former holder.
+    assert store.wait_for_turn("token", [(claimed[0].pk, now, {})], republish=True) == 0
+
+
+@pytest.mark.django_db
 def test_a_small_burst_is_tolerated_so_late_claims_catch_up():
     now = time.time()
     # "50/s": 20 ms apart, 5 % of the limit as tolerance: two start at once, then spaced.
@@ -171,6 +195,21 @@ def test_two_workers_keep_to_the_limit_and_other_tasks_pass(start_worker):
     assert (
         TaskResult.objects.filter(task_name=tasks.limited.name, state=states.SUCCESS).count() == 40
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_held_back_starts_at_its_turn_though_older_tasks_wait(start_worker):
+    """A claim of due tasks takes the oldest first: the worker that held a task back claims
+    it by id at its turn, or it would wait behind every task sent before it came back."""
+    limited = [tasks.limited.delay() for _ in range(10)]  # 20/s: 0.45 s of turns
+    backlog = [tasks.sleep_then_record.delay(0.01) for _ in range(200)]  # 2 s of work
+    start_worker("--pool", "solo")
+    wait_until(lambda: all(r.ready() for r in limited), timeout=30, what="the limited tasks")
+    runs = Run.objects.filter(task_id__in=[r.id for r in limited])
+    starts = [float(label) for label in runs.values_list("label", flat=True)]
+    span = max(starts) - min(starts)
+    assert span < 1.2, span  # not after the 2 s backlog
+    assert sum(not r.ready() for r in backlog) > 0  # the backlog was still there
 
 
 @pytest.mark.django_db(transaction=True)

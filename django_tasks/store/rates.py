@@ -15,6 +15,7 @@ import datetime as dt
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Case, DateTimeField, Value, When
 
 from ..models import RateLimitBucket, TaskResult
 from .leases import RELEASED, RESERVED_START
@@ -84,20 +85,30 @@ def wait_for_turn(
     lease_token: str, waiting: list[tuple[int, float, dict[str, Any]]], *, republish: bool
 ) -> int:
     """Give back leased tasks ``(pk, at, options)``, due again at ``at`` (epoch seconds) and
-    marked as waiting their turn; ``republish``: a broker's relay sends them again then.
+    marked as waiting their turn, in one statement; ``republish``: they have no message.
     Returns how many were given back."""
-    returned = 0
-    with transaction.atomic():
-        for pk, at, options in waiting:
-            fields: dict[str, Any] = {
-                **RELEASED,
-                "run_after": dt.datetime.fromtimestamp(at, tz=dt.UTC),
-                "options": {**options, RESERVED_START: at},
-            }
-            if republish:
-                fields["dispatched"] = False
-            returned += TaskResult.objects.filter(pk=pk, lease_token=lease_token).update(**fields)
-    return returned
+    if not waiting:
+        return 0
+    options_field = TaskResult._meta.get_field("options")
+    run_after = Case(
+        *(
+            When(pk=pk, then=Value(dt.datetime.fromtimestamp(at, tz=dt.UTC)))
+            for pk, at, _options in waiting
+        ),
+        output_field=DateTimeField(),
+    )
+    options = Case(
+        *(
+            When(pk=pk, then=Value({**opts, RESERVED_START: at}, output_field=options_field))
+            for pk, at, opts in waiting
+        ),
+        output_field=options_field,
+    )
+    fields: dict[str, Any] = {**RELEASED, "run_after": run_after, "options": options}
+    if republish:
+        fields["dispatched"] = False
+    rows = TaskResult.objects.filter(pk__in=[pk for pk, _at, _opts in waiting])
+    return int(rows.filter(lease_token=lease_token).update(**fields))
 
 
 def turn_of(options: dict[str, Any], run_after: dt.datetime | None) -> float | None:

@@ -158,12 +158,6 @@ class Transport(abc.ABC):
             republish=self.needs_relay,
         )
 
-    def claim_unpublished(self, request: Claim) -> list[ClaimedTask]:
-        """Lease due tasks of ``request.queues`` that wait without a message (transports with
-        :attr:`needs_relay`) from their rows, oldest due first: a task a rate limit held
-        back comes back at its turn instead of queueing behind the broker's backlog."""
-        return []
-
     def relay(self) -> float | None:
         """Publish due tasks that wait without a message (transports with
         :attr:`needs_relay`); the seconds until the next one is due, or None when none waits.

@@ -524,9 +524,6 @@ class BrokerTransport(Transport):
             task.delivery = deliveries[task.task_id]
         return claimed  # best first, as claimed
 
-    def claim_unpublished(self, request: Claim) -> list[ClaimedTask]:
-        return store.claim(dataclasses.replace(request, unpublished=True))
-
     def _drop_unheld(
         self,
         deliveries: dict[str, Message],

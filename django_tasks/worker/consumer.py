@@ -6,6 +6,7 @@ A worker runs ``--concurrency`` of these, each in its own process (prefork), thr
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import math
@@ -136,9 +137,9 @@ class Consumer:
         self._last_claim = 0.0  # monotonic time of the last claim
         self._linger = False  # whether the next claim waits for CLAIM_LINGER to pass
         self._burst_waiting_since: float | None = None
-        #: The turns (epoch seconds, a heap) of the tasks a rate limit held back (broker
-        #: transports): this loop claims them from their rows then.
-        self._turns: list[float] = []
+        #: The turns (epoch seconds, a heap) of the tasks a rate limit held back, with their
+        #: ids: this loop claims them then.
+        self._turns: list[tuple[float, str]] = []
         #: When (epoch seconds) the last task a rate limit held back may start: a burst
         #: waits for it, since it is part of what the burst drains.
         self._held_until: float | None = None
@@ -205,7 +206,7 @@ class Consumer:
             wait = self.transport.seconds_until_due(self.queues, self.poll_interval)
             self._next_due = now + wait
         if self._turns:
-            wait = max(0.0, min(wait, self._turns[0] - time.time()))
+            wait = max(0.0, min(wait, self._turns[0][0] - time.time()))
         self.transport.wait_for_tasks(self.queues, wait)
         return False
 
@@ -245,20 +246,15 @@ class Consumer:
                 exc, failures = again, failures + 1
 
     def _claim_turns(self, request: store.Claim) -> list[ClaimedTask]:
-        """The tasks this loop's rate limits held back whose turn has come, claimed from their
-        rows (with any other due task that waits without a message)."""
+        """The tasks this loop's rate limits held back whose turn has come (those another
+        loop has not claimed meanwhile)."""
         now = time.time()
-        if not self._turns or self._turns[0] > now:
+        due: list[str] = []
+        while self._turns and self._turns[0][0] <= now and len(due) < request.limit:
+            due.append(heapq.heappop(self._turns)[1])
+        if not due:
             return []
-        claimed = self.transport.claim_unpublished(request)
-        # A short claim took every due one: the turns left were taken by others (another
-        # loop, or the relay once they were late).
-        turns_used = len(claimed) if len(claimed) == request.limit else len(self._turns)
-        for _ in range(turns_used):
-            if not self._turns or self._turns[0] > now:
-                break
-            heapq.heappop(self._turns)
-        return claimed
+        return store.claim(dataclasses.replace(request, task_ids=due))
 
     def run_batch(self, limit: int | None = None) -> int:
         """Claim, run and record one batch of at most ``limit``; return how many it held."""
@@ -279,11 +275,11 @@ class Consumer:
         if waiting:
             last_at = max(at for _task, at in waiting)
             self._held_until = max(self._held_until or last_at, last_at)
-            if self.transport.needs_relay:
-                # Their messages are gone: this loop claims them from their rows at their
-                # turns (a new message would queue behind the broker's backlog).
-                for _task, at in waiting:
-                    heapq.heappush(self._turns, at)
+            # This loop claims them at their turns, by id: a claim of due tasks would take
+            # the older ones first, and on brokers their messages are gone (a new one would
+            # queue behind the broker's backlog).
+            for task, at in waiting:
+                heapq.heappush(self._turns, (at, task.task_id))
         if not batch:
             return claimed_count
         # Deliveries of tasks that are not acks_late are acknowledged before they run.
