@@ -98,7 +98,8 @@ class ClaimedTask:
 @dataclass(frozen=True, slots=True)
 class Claim:
     """What one claim asks for: due tasks of ``queues``, or those of ``task_ids`` (the tasks
-    a broker delivered)."""
+    a broker delivered, or a rate limit held back); ``unpublished``: only due tasks that
+    wait without a message (broker transports), oldest first."""
 
     queues: list[str]
     limit: int
@@ -106,6 +107,7 @@ class Claim:
     lease_seconds: float
     worker: str
     task_ids: list[str] | None = None
+    unpublished: bool = False
 
 
 def claim(request: Claim) -> list[ClaimedTask]:
@@ -133,6 +135,9 @@ def _claim_returning(c: Claim, now: dt.datetime) -> list[ClaimedTask]:
         # duplicate deliveries cannot deadlock.
         column, values, order = "task_id", c.task_ids, "id"
         lock = " FOR UPDATE"
+    unpublished = ""
+    if c.unpublished:
+        unpublished, order = " AND NOT dispatched", "run_after, id"  # the relay's index
     if connection.vendor != "postgresql":
         lock = ""
     marks = ", ".join(["%s"] * len(values))
@@ -140,7 +145,7 @@ def _claim_returning(c: Claim, now: dt.datetime) -> list[ClaimedTask]:
         f"UPDATE {table} SET lease_token = %s, lease_expires = %s, worker = %s, "
         f"date_started = %s WHERE id IN (SELECT id FROM {table} "
         f"WHERE state IN (%s, %s) AND lease_token IS NULL AND {column} IN ({marks}) "
-        f"AND run_after <= %s ORDER BY {order} LIMIT %s{lock}) "
+        f"AND run_after <= %s{unpublished} ORDER BY {order} LIMIT %s{lock}) "
         f"RETURNING {', '.join(CLAIM_COLUMNS)}"
     )
     params = [
@@ -177,6 +182,8 @@ def _claim_select_then_update(c: Claim, now: dt.datetime) -> list[TaskResult]:
     with transaction.atomic():
         if c.task_ids is None:
             waiting = TaskResult.objects.claimable(c.queues, now)
+            if c.unpublished:
+                waiting = waiting.filter(dispatched=False).order_by("run_after", "id")
         else:
             skip_locked = False  # as on PostgreSQL: wait for the relay, in id order
             waiting = TaskResult.objects.filter(

@@ -247,14 +247,21 @@ class Consumer:
 
     def _claim_turns(self, request: store.Claim) -> list[ClaimedTask]:
         """The tasks this loop's rate limits held back whose turn has come (those another
-        loop has not claimed meanwhile)."""
+        loop has not claimed meanwhile); on brokers, with any other due task that waits
+        without a message."""
         now = time.time()
         due: list[str] = []
         while self._turns and self._turns[0][0] <= now and len(due) < request.limit:
             due.append(heapq.heappop(self._turns)[1])
         if not due:
             return []
-        return store.claim(dataclasses.replace(request, task_ids=due))
+        claimed = store.claim(dataclasses.replace(request, task_ids=due))
+        if self.transport.needs_relay and len(claimed) < request.limit:
+            # And those other loops held back, due now: those loops may be busy, and the
+            # relay leaves them alone for a while.
+            left = dataclasses.replace(request, limit=request.limit - len(claimed))
+            claimed += store.claim(dataclasses.replace(left, unpublished=True))
+        return claimed
 
     def run_batch(self, limit: int | None = None) -> int:
         """Claim, run and record one batch of at most ``limit``; return how many it held."""
