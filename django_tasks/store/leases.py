@@ -232,15 +232,17 @@ def renew(lease_tokens: list[str], lease_seconds: float) -> int:
         return int(cursor.rowcount)
 
 
-def give_back(lease_token: str, pks: list[int], *, republish: bool) -> int:
-    """Release leased, unstarted tasks for any worker to claim; returns how many.
+def give_back(lease_token: str, pks: list[int], *, republish: bool, **changes: Any) -> int:
+    """Release leased, unstarted tasks for any worker to claim, with ``changes`` to their
+    fields; returns how many.
 
     ``republish``: their message is gone (acknowledged), so a broker transport's relay
     publishes them again.
     """
     if not pks:
         return 0
-    return _give_back(TaskResult.objects.filter(pk__in=pks, lease_token=lease_token), republish)
+    rows = TaskResult.objects.filter(pk__in=pks, lease_token=lease_token)
+    return _give_back(rows, republish, **changes)
 
 
 def give_back_unstarted(lease_token: str, *, except_pks: list[int]) -> int:
@@ -259,8 +261,8 @@ RELEASED: dict[str, Any] = {
 }
 
 
-def _give_back(rows: Any, republish: bool) -> int:
-    released = dict(RELEASED)
+def _give_back(rows: Any, republish: bool, **changes: Any) -> int:
+    released = {**RELEASED, **changes}
     if republish:
         released["dispatched"] = False
     return int(rows.update(**released))

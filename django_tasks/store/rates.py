@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, DateTimeField, Value, When
 
 from ..models import RateLimitBucket, TaskResult
-from .leases import RELEASED, RESERVED_START
+from .leases import RESERVED_START, give_back
 
 #: How many times a take is tried again when other workers changed the row meanwhile.
 MAX_ATTEMPTS = 100
@@ -68,8 +68,7 @@ def take_starts(
         at = allowed_at
         for index in new:
             if at - now <= tolerance:
-                at = max(at, now) + spacing
-                answers[index] = None
+                at = max(at, now) + spacing  # its answer stays None: it starts now
             else:
                 answers[index] = at - tolerance
                 at += spacing
@@ -87,8 +86,6 @@ def wait_for_turn(
     """Give back leased tasks ``(pk, at, options)``, due again at ``at`` (epoch seconds) and
     marked as waiting their turn, in one statement; ``republish``: they have no message.
     Returns how many were given back."""
-    if not waiting:
-        return 0
     options_field = TaskResult._meta.get_field("options")
     run_after = Case(
         *(
@@ -104,11 +101,8 @@ def wait_for_turn(
         ),
         output_field=options_field,
     )
-    fields: dict[str, Any] = {**RELEASED, "run_after": run_after, "options": options}
-    if republish:
-        fields["dispatched"] = False
-    rows = TaskResult.objects.filter(pk__in=[pk for pk, _at, _opts in waiting])
-    return int(rows.filter(lease_token=lease_token).update(**fields))
+    pks = [pk for pk, _at, _opts in waiting]
+    return give_back(lease_token, pks, republish=republish, run_after=run_after, options=options)
 
 
 def turn_of(options: dict[str, Any], run_after: dt.datetime | None) -> float | None:

@@ -273,13 +273,11 @@ def _retry_change(
     for name in ("queue", "priority", "expires"):
         if name in retry.options:
             fields[name] = retry.options[name]
-    options = claimed.options
+    # A rate limit's turn is for this run: the retry lines up again.
+    options = {k: v for k, v in claimed.options.items() if k != RESERVED_START}
     if "headers" in retry.options:
-        options = {**options, "headers": retry.options["headers"]}
-    if RESERVED_START in options:
-        # A rate limit's turn is for this run: the retry lines up again.
-        options = {k: v for k, v in options.items() if k != RESERVED_START}
-    if options is not claimed.options:
+        options["headers"] = retry.options["headers"]
+    if options != claimed.options:
         fields["options"] = options
     return StateChange(
         claimed.pk,

@@ -13,9 +13,9 @@ from ..transports import Transport
 #: that came late start up to 2 tasks more at once, and no second holds more than 52 starts.
 BURST_SHARE = 0.05
 #: How late, as a share of its limit's period, a task held back may come back at its turn and
-#: still start: a broker's round trip (the relay's publish, the delivery, the claim) comes
-#: on top of the turn. Later than that, it lines up again. Starts that come late still keep
-#: any period to its limit and this share: at most 55 in a second for "50/s".
+#: still start (the loop that claims it may be busy). Later than that, it lines up again, so
+#: a period holds at most its limit plus this share and the burst: about 55 starts in a
+#: second at "50/s".
 LATE_SHARE = 0.05
 
 
@@ -28,8 +28,8 @@ def admit(
 
     Costs nothing for a batch without rate-limited tasks, or with only tasks back at their
     turn; otherwise two statements per rate-limited task name with new tasks in the batch
-    (read and compare-and-set its bucket), and one transaction giving back the tasks that
-    must wait.
+    (read and compare-and-set its bucket), and one statement giving back the tasks that must
+    wait.
     """
     limited: dict[str, list[ClaimedTask]] = {}
     limits: dict[str, tuple[float, float]] = {}
