@@ -161,6 +161,19 @@ def test_tasks_held_back_are_given_back_in_one_statement():
     assert store.wait_for_turn("token", [(claimed[0].pk, now, {})], republish=True) == 0
 
 
+@pytest.mark.parametrize(
+    "mark", [float("nan"), float("inf"), "1.5", "\x00", True, None, [1.5], {"at": 1.5}, 10**400]
+)
+def test_a_bad_turn_mark_in_a_row_is_no_turn(mark):
+    """A row edited by hand (or by an older version) lines up as a new task; it never
+    starts out of turn or breaks the claim."""
+    import datetime as dt
+
+    run_after = dt.datetime.fromtimestamp(1.5, tz=dt.UTC)
+    assert store.turn_of({store.RESERVED_START: mark}, run_after) is None
+    assert store.turn_of({store.RESERVED_START: 1.5}, run_after) == 1.5
+
+
 @pytest.mark.django_db
 def test_a_small_burst_is_tolerated_so_late_claims_catch_up():
     now = time.time()

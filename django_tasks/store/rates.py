@@ -112,4 +112,8 @@ def turn_of(options: dict[str, Any], run_after: dt.datetime | None) -> float | N
     at = options.get(RESERVED_START)
     if not isinstance(at, int | float) or isinstance(at, bool) or run_after is None:
         return None
-    return at if abs(run_after.timestamp() - at) < 0.001 else None
+    try:
+        turn = float(at)  # an integer too large for a float: no turn
+    except OverflowError:
+        return None
+    return turn if abs(run_after.timestamp() - turn) < 0.001 else None
