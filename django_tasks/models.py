@@ -101,7 +101,8 @@ class TaskResultQuerySet(models.QuerySet["TaskResult"]):
 class TaskResult(models.Model):
     """A task: what to run, where it is in its life, and its outcome."""
 
-    task_id = models.CharField("task id", max_length=255, unique=True)
+    # Unique through Meta.constraints: one index serves lookups and the admin's prefix search.
+    task_id = models.CharField("task id", max_length=255)
     task_name = models.CharField("task name", max_length=255)
     state = models.CharField(max_length=50, default=states.PENDING, choices=STATE_CHOICES)
     queue = models.CharField(max_length=255, default="default")
@@ -122,8 +123,14 @@ class TaskResult(models.Model):
     meta = _json_field()
     retries = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=255, blank=True, default="")
+    # The foreign keys are indexed by partial indexes (Meta.indexes): most rows have neither.
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     rerun_of = models.ForeignKey(
         "self",
@@ -131,6 +138,7 @@ class TaskResult(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="reruns",
+        db_index=False,
         verbose_name="re-run of",
         help_text="The task this one re-runs (the admin's re-run action).",
     )
@@ -161,6 +169,16 @@ class TaskResult(models.Model):
     class Meta:
         verbose_name = "task result"
         ordering = ["-date_created", "-id"]
+        constraints = [
+            # On PostgreSQL with the pattern operator class, so that the same index serves
+            # equality and the admin's "start of an id" search (LIKE 'abc%') in any collation:
+            # the default unique index would need a second, varchar_pattern_ops one.
+            models.UniqueConstraint(
+                fields=["task_id"],
+                name="django_tasks_task_id_uniq",
+                opclasses=["varchar_pattern_ops"],
+            ),
+        ]
         indexes = [
             # What a worker claims next, on the database transport.
             models.Index(
@@ -191,6 +209,16 @@ class TaskResult(models.Model):
                 fields=["expires"],
                 condition=Q(expires__isnull=False, state__in=CLAIMABLE_STATES),
                 name="django_tasks_expires_idx",
+            ),
+            # The foreign keys, for deleting a user or a task that others point at. Partial:
+            # a row without an owner or an original writes no entry at send, claim or finish.
+            models.Index(
+                fields=["owner"], condition=Q(owner__isnull=False), name="django_tasks_owner_idx"
+            ),
+            models.Index(
+                fields=["rerun_of"],
+                condition=Q(rerun_of__isnull=False),
+                name="django_tasks_rerun_of_idx",
             ),
             # A group's tasks in order (progress, a chord's results); only canvas rows.
             models.Index(
