@@ -18,7 +18,7 @@ import copy
 import uuid
 from collections.abc import Iterable
 from functools import partial
-from typing import Any
+from typing import Any, Self, cast
 
 from django.db import transaction
 
@@ -52,6 +52,15 @@ def _signatures(tasks: Iterable[Any]) -> list[Signature]:
     return sigs
 
 
+def _copied(value: Any) -> Any:
+    """``value`` (a canvas's kwarg: a signature, a list of them, or None) copied to send."""
+    if isinstance(value, Signature):
+        return value.copied()
+    if isinstance(value, list):
+        return [_copied(item) for item in value]
+    return copy.deepcopy(value)
+
+
 def _tasks_argument(tasks: tuple[Any, ...]) -> Iterable[Any]:
     """``chain(a, b)``, ``chain([a, b])`` and ``chain(generator)`` all mean the same."""
     if len(tasks) == 1 and not isinstance(tasks[0], dict):
@@ -78,9 +87,9 @@ class _Canvas(Signature):
     def clone(
         self, args: tuple | list = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Signature:
-        """A deep copy, ``args``/``kwargs`` given to the tasks it starts with (a chain's
+        """A copy (:meth:`copied`), ``args``/``kwargs`` given to the tasks it starts with (a chain's
         first step, each task of a group or a chord's header), options merged."""
-        copied = copy.deepcopy(self)
+        copied = self.copied()
         copied.options.update(options)
         if args or kwargs:
             for first in _first_tasks(copied):
@@ -88,6 +97,12 @@ class _Canvas(Signature):
                     first["args"] = [*args, *first.args]
                     first["kwargs"] = {**first.kwargs, **(kwargs or {})}
         return copied
+
+    def copied(self) -> Self:
+        """A copy to change and send; the signatures it holds are copied too."""
+        kwargs = {name: _copied(value) for name, value in self.kwargs.items()}
+        options = copy.deepcopy(self.options)
+        return cast(Self, Signature.from_dict({**self, "kwargs": kwargs, "options": options}))
 
     @property
     def type(self) -> Any:
@@ -110,7 +125,7 @@ class _Canvas(Signature):
         commits; until then its results read ``PENDING``."""
         if not options.pop("on_commit", False):
             return self.apply(args, kwargs, **options)
-        sent = copy.deepcopy(self)
+        sent = self.copied()
         pending = _pending_like(sent.freeze())  # the ids the run will use
         transaction.on_commit(lambda: _take(pending, sent.apply(args, kwargs, **options)))
         return pending
@@ -138,7 +153,7 @@ class chain(_TaskList):
         steps: list[Signature] = []
         for sig in _signatures(_tasks_argument(tasks)):
             if isinstance(sig, chain):
-                steps.extend(copy.deepcopy(sig.tasks))
+                steps.extend(step.copied() for step in sig.tasks)
             else:
                 steps.append(sig)
         self._init("celery.chain", {"tasks": _upgrade(steps)}, options)
@@ -189,7 +204,7 @@ class chain(_TaskList):
         """A copy to send, with the options placed where they belong, and its result."""
         if not self.tasks:
             raise ValueError("chain(): a chain needs at least one task")
-        sent = copy.deepcopy(self)
+        sent = self.copied()
         options = {**sent.options, **options}
         sent.options.clear()
         task_id = options.pop("task_id", None)
@@ -250,7 +265,9 @@ class group(_TaskList):
         members: list[Signature] = []
         for sig in _signatures(_tasks_argument(tasks)):
             if isinstance(sig, group):
-                members.extend(copy.deepcopy(sig.tasks))  # nested groups are flattened
+                members.extend(
+                    member.copied() for member in sig.tasks
+                )  # nested groups are flattened
             else:
                 members.append(sig)
         self._init("celery.group", {"tasks": members}, options)
@@ -285,7 +302,7 @@ class group(_TaskList):
     def _prepared(
         self, options: dict[str, Any], chord_id: str | None = None
     ) -> tuple[group, dict[str, Any], GroupResult]:
-        sent = copy.deepcopy(self)
+        sent = self.copied()
         options = {**sent.options, **options}
         sent.options.clear()
         group_id = options.pop("group_id", None) or options.pop("task_id", None)
@@ -410,7 +427,7 @@ class chord(_Canvas):
     def _prepared(
         self, options: dict[str, Any]
     ) -> tuple[group, Signature, dict[str, Any], AnyResult]:
-        sent = copy.deepcopy(self)
+        sent = self.copied()
         options = {**sent.options, **options}
         body = sent._body()
         task_id = options.pop("task_id", None)
@@ -615,7 +632,7 @@ def send_members(
         if task is None:  # a canvas, or a task this process does not know (sent by name)
             member.apply_async(args, kwargs, **options)
             continue
-        sig = member.clone(args, kwargs)
+        sig = member.clone(args, kwargs) if args or kwargs else member
         outgoing, retry, policy = task.prepare_member(
             sig.args, sig.kwargs, {**sig.options, **options}, policies
         )

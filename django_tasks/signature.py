@@ -6,8 +6,9 @@ as a ``link`` or ``link_error``.
 
 from __future__ import annotations
 
+import copy
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self, cast
 
 if TYPE_CHECKING:
     from .result import EagerResult, GroupResult
@@ -195,9 +196,14 @@ class Signature(dict):
             return NotImplemented
         return chain(self, other).simplified()
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
-        import copy
+    def copied(self) -> Self:
+        """A copy to change and send: new signatures, options, ``args`` lists and ``kwargs``
+        dicts all the way down, the argument values shared (they are encoded when sent, and
+        a deep copy of thousands of group members' arguments costs more than the send)."""
+        options = copy.deepcopy(self.options) if self.options else None
+        return cast(Self, Signature(self.task, self.args, self.kwargs, options, self.immutable))
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
         return Signature.from_dict({k: copy.deepcopy(v, memo) for k, v in self.items()})
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -3,6 +3,7 @@
 Real worker processes (two at once, one killed mid-chord) are in test_canvas_workers.py.
 """
 
+import copy
 import time
 
 import pytest
@@ -537,6 +538,32 @@ def test_a_header_task_lost_with_its_worker_fails_the_chord():
     drain()
     with pytest.raises(ChordError, match=lost.id):
         c.get(timeout=10)
+
+
+def test_sending_a_canvas_leaves_the_callers_signatures_as_they_were(mode):
+    """A sent copy gets ids, membership and links; the caller's canvas gets none of them,
+    so it can be sent again (a new group each time)."""
+    members = [tasks.add.s(i, i).set(link=tasks.add.s(100)) for i in range(3)]
+    header = group(members)
+    steps = chain(tasks.add.s(1, 1), tasks.add.s(2).set(link=tasks.add.s(100)))
+    canvases = [header, chord(header, tasks.tsum.s()), steps, group(header, steps)]
+    before = [copy.deepcopy(dict(c)) for c in canvases]
+    options_before = [copy.deepcopy(m.options) for m in members]
+    assert options_before[0]["link"]
+    for canvas in canvases:
+        first, second = canvas.apply_async(), canvas.apply_async(link_error=tasks.add.s(0))
+        assert first.id != second.id
+    drain()
+    assert [dict(c) for c in canvases] == before
+    assert [m.options for m in members] == options_before
+
+
+def test_a_deep_copy_of_a_signature_is_still_deep():
+    sig = tasks.add.s([1, 2], {"x": [3]})
+    copied = copy.deepcopy(sig)
+    assert copied == sig
+    assert copied.args[0] is not sig.args[0]
+    assert copied.args[1]["x"] is not sig.args[1]["x"]
 
 
 def test_cloning_a_canvas_gives_the_arguments_to_the_tasks_it_starts_with(mode):
