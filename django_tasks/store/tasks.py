@@ -65,10 +65,13 @@ def insert_task(
     False are published by the relay when due.
     """
     sql, fields = insert_statement()
-    params = [
-        field.get_db_prep_save(value, connection)
-        for field, value in _row(outgoing, fields, dispatched)
-    ]
+    if connection.vendor == "postgresql":
+        params = next(_prepared_rows([outgoing], fields, dispatched))
+    else:
+        params = [
+            field.get_db_prep_save(value, connection)
+            for field, value in _row(outgoing, fields, dispatched)
+        ]
     delays = publish_delays(retry_policy) if retry else iter(())
     tombstone_replaced = False
     while True:
@@ -135,26 +138,34 @@ def _insert_copy(outgoing: Sequence[NewTask], dispatched: bool) -> None:
     """PostgreSQL: :func:`insert_tasks` as one ``COPY … FROM STDIN`` per :data:`INSERT_BATCH`
     rows: no statement text to parse, values dumped by psycopg's C code."""
     sql, fields = copy_statement()
+    with transaction.atomic():
+        for start in range(0, len(outgoing), INSERT_BATCH):
+            chunk = outgoing[start : start + INSERT_BATCH]
+            rows = list(_prepared_rows(chunk, fields, dispatched))
+            _execute_insert(sql, rows, chunk, len(outgoing), copy=True)
+
+
+def _prepared_rows(
+    outgoing: Sequence[NewTask], fields: list[Any], dispatched: bool
+) -> Iterator[list[Any]]:
+    """PostgreSQL: the values of ``fields`` for each task, as ``get_db_prep_save`` would
+    give them (:func:`~.sql.copy_preparers`), the arguments' JSON taken from the check made
+    at call time rather than encoded again."""
     names = [field.name for field in fields]
     at_args, at_kwargs = names.index("args"), names.index("kwargs")
     prepare = [(i, prep) for i, prep in enumerate(copy_preparers()) if prep is not None]
     others = [(i, prep) for i, prep in prepare if i not in (at_args, at_kwargs)]
-    with transaction.atomic():
-        for start in range(0, len(outgoing), INSERT_BATCH):
-            chunk = outgoing[start : start + INSERT_BATCH]
-            rows = []
-            for task in chunk:
-                row = _row_values(task, fields, dispatched)
-                texts = task.encoded.json  # encoded already when the call was checked
-                if texts is None:
-                    steps = prepare
-                else:
-                    row[at_args], row[at_kwargs] = texts
-                    steps = others
-                for i, prep in steps:
-                    row[i] = prep(row[i])
-                rows.append(row)
-            _execute_insert(sql, rows, chunk, len(outgoing), copy=True)
+    for task in outgoing:
+        row = _row_values(task, fields, dispatched)
+        texts = task.encoded.json  # encoded already when the call was checked
+        if texts is None:
+            steps = prepare
+        else:
+            row[at_args], row[at_kwargs] = texts
+            steps = others
+        for i, prep in steps:
+            row[i] = prep(row[i])
+        yield row
 
 
 def _execute_insert(
