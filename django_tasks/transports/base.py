@@ -97,6 +97,15 @@ class Transport(abc.ABC):
     #: Tasks can wait in the database without a message (countdown/eta, retries, the
     #: on-commit outbox, tasks given back), so workers must run :meth:`relay`.
     needs_relay: bool = False
+    #: Where notifications wake the loops: after a claim that found none (another loop woken
+    #: by the same notification took them) or fewer than :attr:`small_claim` but not exactly
+    #: one (tasks are streaming in), a loop claims again no sooner than this many seconds
+    #: after it, so that each claim takes what arrived meanwhile instead of every loop
+    #: racing for every task. After a claim of one task (an idle queue, a caller waiting for
+    #: each result) or of at least :attr:`small_claim`, it claims again at once.
+    claim_linger: float = 0.005
+    #: See :attr:`claim_linger`; None: any claim short of a full batch.
+    small_claim: int | None = None
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -45,13 +45,6 @@ BURST_PATIENCE = 5.0
 HELD_LOOK_INTERVAL = 0.05
 #: Claimed tasks held longer than this are checked for a revoke before they start.
 REVOKE_RECHECK_AFTER = 0.1
-#: Where notifications wake the loops: after a claim that found several tasks but not a full
-#: batch (tasks are streaming in) or none at all (another loop was woken by the same
-#: notification and took them), a loop claims again no sooner than this many seconds after,
-#: so that each claim takes what arrived meanwhile instead of every loop racing for every
-#: task. After a claim of one task (an idle queue, a caller waiting for each result) or a
-#: full batch (a backlog), it claims again at once.
-CLAIM_LINGER = 0.005
 
 
 def new_lease_token() -> str:
@@ -135,7 +128,7 @@ class Consumer:
         self.processed = 0
         self._next_due = 0.0  # monotonic time by which to look for due tasks again
         self._last_claim = 0.0  # monotonic time of the last claim
-        self._linger = False  # whether the next claim waits for CLAIM_LINGER to pass
+        self._linger = False  # whether the next claim waits for the transport's claim_linger
         self._burst_waiting_since: float | None = None
         #: The turns (epoch seconds, a heap) of the tasks a rate limit held back, with their
         #: ids: this loop claims them then.
@@ -179,7 +172,7 @@ class Consumer:
         if self.burst and self.transport.needs_relay:
             self.transport.relay()  # a worker's supervisor does this; burst runs alone
         if self._linger:
-            self.stop.wait(self._last_claim + CLAIM_LINGER - time.monotonic())
+            self.stop.wait(self._last_claim + self.transport.claim_linger - time.monotonic())
         self._last_claim = time.monotonic()
         ran = self.run_batch(limit)
         if self.retired is not None:
@@ -189,7 +182,8 @@ class Consumer:
         # straight to waiting (any that came meanwhile are buffered) instead of spending an
         # empty claim; where we poll, or in burst, look again at once.
         notified = self.transport.wakes_workers
-        self._linger = notified and not self.burst and ran != 1 and ran < limit
+        small = min(limit, self.transport.small_claim or limit)
+        self._linger = notified and not self.burst and ran != 1 and ran < small
         if ran == limit or (ran and (self.burst or not notified)):
             return False
         if self.burst:
