@@ -87,8 +87,8 @@ class _Canvas(Signature):
     def clone(
         self, args: tuple | list = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Signature:
-        """A copy (:meth:`copied`), ``args``/``kwargs`` given to the tasks it starts with (a chain's
-        first step, each task of a group or a chord's header), options merged."""
+        """A copy (:meth:`copied`), ``args``/``kwargs`` given to the tasks it starts with
+        (a chain's first step, each task of a group or a chord's header), options merged."""
         copied = self.copied()
         copied.options.update(options)
         if args or kwargs:
@@ -264,10 +264,8 @@ class group(_TaskList):
     def __init__(self, *tasks: Any, **options: Any) -> None:
         members: list[Signature] = []
         for sig in _signatures(_tasks_argument(tasks)):
-            if isinstance(sig, group):
-                members.extend(
-                    member.copied() for member in sig.tasks
-                )  # nested groups are flattened
+            if isinstance(sig, group):  # nested groups are flattened
+                members.extend(member.copied() for member in sig.tasks)
             else:
                 members.append(sig)
         self._init("celery.group", {"tasks": members}, options)

@@ -186,20 +186,16 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: tuple | list, kwargs: dict[str, Any]) -> None:
         """Raise ``TypeError`` naming the task if the arguments do not fit its signature."""
+        if self.bind:
+            args = (None, *args)
         if self._fits is not None:
             try:
-                if self.bind:
-                    self._fits(None, *args, **kwargs)
-                else:
-                    self._fits(*args, **kwargs)
+                self._fits(*args, **kwargs)
                 return
-            except TypeError:
-                pass  # inspect's bind says why, in the words the docs show
+            except TypeError:  # a misfit: inspect's bind says why, in the docs' words
+                pass
         try:
-            if self.bind:
-                self._signature.bind(None, *args, **kwargs)
-            else:
-                self._signature.bind(*args, **kwargs)
+            self._signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.name}() {exc}") from None
 
