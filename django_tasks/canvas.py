@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import partial
-from typing import Any, Self, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from django.db import transaction
 
@@ -30,6 +30,9 @@ from .links import apply_errback, run_followups
 from .messages import exception_to_dict
 from .result import AsyncResult, EagerResult, GroupResult
 from .signature import AnyResult, Signature
+
+if TYPE_CHECKING:
+    from .transports import OutgoingTask
 
 __all__ = ["chain", "chord", "chord_failed", "group", "send_chord_body"]
 
@@ -618,25 +621,37 @@ def send_members(
 ) -> None:
     """Send a group's members (inside the caller's transaction): its plain tasks in bulk
     (one multi-row ``INSERT`` per 1,000 on the database transport), chains and chords on
-    their own."""
+    their own.
+
+    Plain tasks are prepared as the bulk write takes them, so that on PostgreSQL this
+    process checks and encodes the next members while the server stores the last ones. A
+    member that cannot be sent ends the bulk write there and is raised once it is over; the
+    caller's transaction takes back what was written."""
+    from .options import BulkSend
     from .registry import tasks_registry
     from .transports import get_transport
 
-    bulk = []
-    retry, policy = True, dict[str, Any]()
-    policies: dict[tuple[str, int], tuple[Any, dict[str, Any]]] = {}
-    for member in members:
-        task = None if isinstance(member, _Canvas) else tasks_registry.get(member.task)
-        if task is None:  # a canvas, or a task this process does not know (sent by name)
-            member.apply_async(args, kwargs, **options)
-            continue
-        sig = member.clone(args, kwargs) if args or kwargs else member
-        outgoing, retry, policy = task.prepare_member(
-            sig.args, sig.kwargs, {**sig.options, **options}, policies
-        )
-        bulk.append(outgoing)
-    if bulk:
-        get_transport().send_many(bulk, retry=retry, retry_policy=policy)
+    nested: list[Signature] = []
+    refused: list[BaseException] = []
+    bulk = BulkSend()
+
+    def prepared() -> Iterator[OutgoingTask]:
+        try:
+            for member in members:
+                task = None if isinstance(member, _Canvas) else tasks_registry.get(member.task)
+                if task is None:  # a canvas, or a task this process does not know (by name)
+                    nested.append(member)
+                    continue
+                sig = member.clone(args, kwargs) if args or kwargs else member
+                yield task.prepare_member(sig.args, sig.kwargs, {**sig.options, **options}, bulk)
+        except BaseException as exc:  # raised below, not inside the database's bulk write
+            refused.append(exc)
+
+    get_transport().send_many(prepared(), bulk)
+    if refused:
+        raise refused[0]
+    for member in nested:
+        member.apply_async(args, kwargs, **options)
 
 
 # -- the store's calls, once a chord is decided (registered in AppConfig.ready) ---------------

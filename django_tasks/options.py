@@ -3,6 +3,7 @@ message a call becomes (:func:`build_outgoing`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fnmatch
 import functools
@@ -25,7 +26,7 @@ from .messages import (
     text_problem,
 )
 from .signature import Signature
-from .transports import OutgoingTask
+from .transports import OutgoingTask, Publishing
 
 if TYPE_CHECKING:
     from .task import Task
@@ -442,18 +443,50 @@ def check_link_options(where: str, options: dict[str, Any]) -> None:
         raise TypeError(f"{where}: headers must be a dict")
 
 
-def build_outgoing(
-    task: Task[Any, Any],
-    where: str,
-    args: list[Any],
-    kwargs: dict[str, Any],
-    options: dict[str, Any],
-) -> OutgoingTask:
-    """Validate ``apply_async``'s options for ``task`` and encode the call as it will be sent:
-    ``ValueError``/``TypeError``/``EncodeError`` naming the option or argument otherwise."""
-    now = timezone.now()
-    task_id = options.get("task_id")
-    task_id = str(uuid.uuid4()) if task_id is None else check_task_id(where, task_id)
+class BulkSend(Publishing):
+    """What the members of one bulk send (a group) share: the time they are sent, the
+    options resolved for each task and set of call options alike, and how they are
+    published.
+
+    Thousands of members of one group differ only in their id, their place in the group and
+    their arguments: the queue, priority, serializer, limits and times are resolved (and
+    checked) once for all of them."""
+
+    __slots__ = ("now", "policies", "resolved")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = timezone.now()
+        self.resolved: dict[tuple[Any, ...], _Resolved] = {}
+        #: The retry policies checked so far, by task and policy object (kept with it, so
+        #: that its id stays its own).
+        self.policies: dict[tuple[str, int], tuple[Any, dict[str, Any]]] = {}
+
+
+#: Call options that differ from one member of a group to the next, or that the outgoing
+#: task does not depend on: left out of the key under which a bulk send shares the rest.
+_PER_MEMBER = frozenset({"task_id", "retry", "retry_policy", "on_commit", *CANVAS_OPTIONS})
+
+
+@dataclasses.dataclass(slots=True)
+class _Resolved:
+    """The options of one call resolved and checked, but for its id, arguments and place
+    in a canvas."""
+
+    run_after: dt.datetime
+    expires: dt.datetime | None
+    queue: str
+    priority: int
+    serializer: str
+    compression: str | None
+    extra: dict[str, Any]
+    owner_id: Any
+
+
+def _resolve(
+    task: Task[Any, Any], where: str, options: dict[str, Any], now: dt.datetime
+) -> _Resolved:
+    """``options`` resolved against the task, its route and the settings, and checked."""
     countdown, eta = options.get("countdown"), options.get("eta")
     if countdown is not None and eta is not None:
         raise ValueError(f"{where}: give countdown or eta, not both")
@@ -505,29 +538,80 @@ def build_outgoing(
         sigs = as_signatures(where, option, options.get(option))
         if sigs:
             extra[option] = sigs
-    for option in CANVAS_OPTIONS:
-        if options.get(option) is not None:
-            extra[option] = check_canvas_option(where, option, options[option])
     if time_limit is not None:
         extra["time_limit"] = time_limit
     if soft_time_limit is not None:
         extra["soft_time_limit"] = soft_time_limit
+    return _Resolved(
+        run_after=run_after,
+        expires=expires,
+        queue=queue,
+        priority=priority or 0,
+        serializer=serializer,
+        compression=compression,
+        extra=extra,
+        owner_id=owner_key(where, options.get("owner")),
+    )
+
+
+def _resolved_for(
+    task: Task[Any, Any], where: str, options: dict[str, Any], bulk: BulkSend
+) -> _Resolved:
+    """:func:`_resolve`, once per task and set of shared options in a bulk send (options
+    that cannot be a key, e.g. a ``headers`` dict, are resolved for each member)."""
+    key = (task.name, *((k, v) for k, v in options.items() if k not in _PER_MEMBER))
+    try:
+        known = bulk.resolved.get(key)
+    except TypeError:  # an unhashable value
+        return _resolve(task, where, options, bulk.now)
+    if known is None:
+        known = bulk.resolved[key] = _resolve(task, where, options, bulk.now)
+    return known
+
+
+def build_outgoing(
+    task: Task[Any, Any],
+    where: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+    bulk: BulkSend | None = None,
+) -> OutgoingTask:
+    """Validate ``apply_async``'s options for ``task`` and encode the call as it will be sent:
+    ``ValueError``/``TypeError``/``EncodeError`` naming the option or argument otherwise.
+
+    ``bulk``: the send this call is a member of, which shares what members have alike."""
+    task_id = options.get("task_id")
+    task_id = str(uuid.uuid4()) if task_id is None else check_task_id(where, task_id)
+    if bulk is None:
+        now = timezone.now()
+        resolved = _resolve(task, where, options, now)
+    else:
+        now = bulk.now
+        resolved = _resolved_for(task, where, options, bulk)
+    extra = dict(resolved.extra)
+    for option in CANVAS_OPTIONS:
+        if options.get(option) is not None:
+            extra[option] = check_canvas_option(where, option, options[option])
     encoded = encode_arguments(
-        args, kwargs, serializer=serializer, compression=compression, task_name=task.name
+        args,
+        kwargs,
+        serializer=resolved.serializer,
+        compression=resolved.compression,
+        task_name=task.name,
     )
     if encoded.compression:
         extra["compression"] = encoded.compression
-    owner_id = owner_key(where, options.get("owner"))
     return OutgoingTask(
         task_id=task_id,
         task_name=task.name,
-        queue=queue,
-        priority=priority or 0,
+        queue=resolved.queue,
+        priority=resolved.priority,
         encoded=encoded,
-        run_after=run_after,
-        expires=expires,
+        run_after=resolved.run_after,
+        expires=resolved.expires,
         options=extra or None,
-        owner_id=owner_id,
+        owner_id=resolved.owner_id,
         created=now,
     )
 

@@ -32,6 +32,7 @@ from .options import (
     RETRY_KWARGS,
     RETRY_OPTIONS,
     TASK_OPTION_DEFAULTS,
+    BulkSend,
     build_outgoing,
     check_exception_classes,
     check_max_retries,
@@ -265,24 +266,22 @@ class Task(Generic[P, R]):
         args: tuple | list,
         kwargs: dict[str, Any],
         options: dict[str, Any],
-        policies: dict[tuple[str, int], tuple[Any, dict[str, Any]]] | None = None,
-    ) -> tuple[OutgoingTask, bool, dict[str, Any]]:
-        """A group member, checked and encoded as ``apply_async`` would, to send in bulk.
-
-        ``policies``: the retry policies checked for earlier members of the same send (by
-        task and policy object), so that thousands of members check theirs once."""
+        bulk: BulkSend,
+    ) -> OutgoingTask:
+        """A member of the bulk send ``bulk`` (a group), checked and encoded as
+        ``apply_async`` would (its publish ``retry`` and policy set on ``bulk``); what
+        members have alike is resolved and checked once."""
         where = f"{self.name}.apply_async()"
         args, kwargs = self._check_call(where, args, kwargs, options)
-        if policies is None:
-            return self._prepare_send(where, args, kwargs, options)
-        outgoing = build_outgoing(self, where, list(args), kwargs, options)
+        outgoing = build_outgoing(self, where, list(args), kwargs, options, bulk)
         retry = options.get("retry")
         retry = tasks_settings.TASK_PUBLISH_RETRY if retry is None else bool(retry)
         given = options.get("retry_policy")
         key = (self.name, id(given))
-        if key not in policies:  # the policy object is kept with it: its id stays its own
-            policies[key] = (given, check_retry_policy(where, given or {}))
-        return outgoing, retry, policies[key][1]
+        if key not in bulk.policies:
+            bulk.policies[key] = (given, check_retry_policy(where, given or {}))
+        bulk.retry, bulk.retry_policy = retry, bulk.policies[key][1]
+        return outgoing
 
     # -- eager execution ----------------------------------------------------------------------
 

@@ -386,6 +386,35 @@ def test_a_group_member_row_holds_what_a_single_send_writes():
     assert plain.options["group_id"] == g.id
 
 
+def test_group_members_keep_their_own_options_and_share_the_send_time():
+    """A bulk send resolves what members have alike once: members that differ in their task
+    or options still get their own queue, priority, limits and headers (a dict), a bad option
+    is named even after members like it, and the whole group runs at one time."""
+    import datetime as dt
+
+    g = group(
+        tasks.add.s(1, 1).set(queue="q1"),
+        tasks.add.s(2, 2).set(queue="q2", priority=3),
+        tasks.add.s(3, 3),
+        tasks.add.s(4, 4).set(headers={"h": 1}),
+        tasks.add.s(5, 5).set(headers={"h": 2}),
+        tasks.hard_limited.s(),
+        tasks.add.s(6, 6).set(queue="q1"),
+    ).apply_async(countdown=60)
+    rows = {r.task_id: r for r in TaskResult.objects.filter(group_id=g.id)}
+    members = [rows[r.id] for r in g.results]
+    assert [m.queue for m in members] == ["q1", "q2", "default", *["default"] * 3, "q1"]
+    assert [m.priority for m in members] == [0, 3, 0, 0, 0, 0, 0]
+    assert [(m.options or {}).get("headers") for m in members[3:5]] == [{"h": 1}, {"h": 2}]
+    assert members[5].options["time_limit"] == 1
+    assert "time_limit" not in members[0].options
+    assert len({m.run_after for m in members}) == 1
+    assert members[0].run_after - members[0].date_created == dt.timedelta(seconds=60)
+    with pytest.raises(ValueError, match="priority"):
+        group(tasks.add.s(1, 1), tasks.add.s(2, 2).set(priority=256)).apply_async()
+    assert TaskResult.objects.count() == len(members)
+
+
 def test_a_group_is_sent_all_or_nothing():
     tasks.add.apply_async((1, 1), task_id="taken")
     with pytest.raises(ValueError, match="taken"):
@@ -395,6 +424,19 @@ def test_a_group_is_sent_all_or_nothing():
     with pytest.raises(TypeError, match="add"):
         group(tasks.add.s(1, 1), tasks.add.s(1, 2, 3)).apply_async()
     assert TaskResult.objects.count() == 1
+    assert not TaskGroup.objects.exists()
+
+
+def test_a_member_refused_after_a_thousand_sent_leaves_nothing_stored():
+    """Members are prepared while the ones before them are written (a COPY per 1,000 on
+    PostgreSQL): one refused after the first thousand still sends nothing at all."""
+    members = [tasks.add.s(i, i) for i in range(1500)]
+    members[1200] = tasks.add.s(1, float("nan"))
+    members.append(chain(tasks.add.s(1, 1), tasks.add.s(2)))
+    with pytest.raises(Exception, match="nan") as raised:
+        group(members).apply_async()
+    assert "args" in str(raised.value)
+    assert not TaskResult.objects.exists()
     assert not TaskGroup.objects.exists()
 
 

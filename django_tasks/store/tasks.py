@@ -4,10 +4,12 @@ rows a worker records for messages it cannot run."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import itertools
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
 
 from django.db import IntegrityError, InterfaceError, connection, transaction
 from django.db import OperationalError as DjangoOperationalError
@@ -110,43 +112,83 @@ def insert_task(
 INSERT_BATCH = 1000
 
 
-def insert_tasks(outgoing: Sequence[NewTask], *, dispatched: bool) -> None:
+Sent = TypeVar("Sent", bound=NewTask)
+
+
+def insert_tasks(outgoing: Iterable[Sent], *, dispatched: bool) -> list[Sent]:
     """Store many tasks as ``PENDING`` rows: one multi-row ``INSERT`` per
-    :data:`INSERT_BATCH` rows, in one transaction (all or nothing). An id already used is
-    a ``ValueError`` naming it."""
-    if not outgoing:
-        return
-    if connection.vendor == "postgresql":
-        _insert_copy(outgoing, dispatched)
-        return
-    sql, fields = insert_statement()
-    head, _, row_marks = sql.partition(" VALUES ")
-    batch = max(1, min(INSERT_BATCH, _max_parameters() // len(fields)))
+    :data:`INSERT_BATCH` rows, in one transaction (all or nothing); the tasks stored, in
+    order. An id already used is a ``ValueError`` naming it.
+
+    ``outgoing`` is consumed as it is written: on PostgreSQL each ``COPY`` takes its rows
+    as they come, so preparing the next rows overlaps the server's work on the last ones."""
+    stored: list[Sent] = []
+    tasks = iter(outgoing)
     with transaction.atomic():
-        for start in range(0, len(outgoing), batch):
-            chunk = outgoing[start : start + batch]
+        if connection.vendor == "postgresql":
+            sql, fields = copy_statement()
+            while _copy_batch(sql, fields, tasks, stored, dispatched):
+                pass
+            return stored
+        sql, fields = insert_statement()
+        head, _, row_marks = sql.partition(" VALUES ")
+        batch = max(1, min(INSERT_BATCH, _max_parameters() // len(fields)))
+        while chunk := list(itertools.islice(tasks, batch)):
+            stored += chunk
             params = [
                 field.get_db_prep_save(value, connection)
                 for task in chunk
                 for field, value in _row(task, fields, dispatched)
             ]
             statement = f"{head} VALUES {', '.join([row_marks] * len(chunk))}"
-            _execute_insert(statement, params, chunk, len(outgoing))
+            _execute_insert(chunk, functools.partial(_execute, statement, params))
+    return stored
 
 
-def _insert_copy(outgoing: Sequence[NewTask], dispatched: bool) -> None:
-    """PostgreSQL: :func:`insert_tasks` as one ``COPY … FROM STDIN`` per :data:`INSERT_BATCH`
-    rows: no statement text to parse, values dumped by psycopg's C code."""
-    sql, fields = copy_statement()
-    with transaction.atomic():
-        for start in range(0, len(outgoing), INSERT_BATCH):
-            chunk = outgoing[start : start + INSERT_BATCH]
-            rows = list(_prepared_rows(chunk, fields, dispatched))
-            _execute_insert(sql, rows, chunk, len(outgoing), copy=True)
+def _copy_batch(
+    sql: str, fields: list[Any], tasks: Iterator[Sent], stored: list[Sent], dispatched: bool
+) -> bool:
+    """PostgreSQL: one ``COPY … FROM STDIN`` of up to :data:`INSERT_BATCH` of ``tasks``
+    (added to ``stored``); False when there were none. No statement text to parse, values
+    dumped by psycopg's C code, rows sent while the next ones are prepared."""
+    first = next(tasks, None)
+    if first is None:
+        return False
+    chunk = [first]
+    taken: Iterator[Sent] = _kept(itertools.islice(tasks, INSERT_BATCH - 1), chunk)
+    rows = _prepared_rows(itertools.chain([first], taken), fields, dispatched)
+
+    def copy(cursor: Any) -> None:
+        started = time.monotonic()
+        with connection.wrap_database_errors, cursor.cursor.copy(sql) as writer:
+            for row in rows:
+                writer.write_row(row)
+        if connection.queries_logged:  # as execute() logs (DEBUG, test captures)
+            connection.queries_log.append(
+                {
+                    "sql": f"{sql} -- {len(chunk)} rows",
+                    "time": f"{time.monotonic() - started:.3f}",
+                }
+            )
+
+    _execute_insert(chunk, copy)
+    stored += chunk
+    return True
+
+
+def _execute(statement: str, params: list[Any], cursor: Any) -> None:
+    cursor.execute(statement, params)
+
+
+def _kept(tasks: Iterator[Sent], into: list[Sent]) -> Iterator[Sent]:
+    """``tasks``, each appended to ``into`` as it is taken."""
+    for task in tasks:
+        into.append(task)
+        yield task
 
 
 def _prepared_rows(
-    outgoing: Sequence[NewTask], fields: list[Any], dispatched: bool
+    outgoing: Iterable[NewTask], fields: list[Any], dispatched: bool
 ) -> Iterator[list[Any]]:
     """PostgreSQL: the values of ``fields`` for each task, as ``get_db_prep_save`` would
     give them (:func:`~.sql.copy_preparers`), the arguments' JSON taken from the check made
@@ -168,27 +210,12 @@ def _prepared_rows(
         yield row
 
 
-def _execute_insert(
-    statement: str, params: list[Any], chunk: Sequence[NewTask], total: int, copy: bool = False
-) -> None:
-    """Run one insert of ``chunk`` (``copy``: ``params`` are the rows of a ``COPY``): a reused
-    id is a ``ValueError`` naming it."""
+def _execute_insert(chunk: Sequence[NewTask], insert: Any) -> None:
+    """Run ``insert(cursor)``, which stores ``chunk``: a reused id is a ``ValueError``
+    naming it."""
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            if copy:
-                started = time.monotonic()
-                with connection.wrap_database_errors, cursor.cursor.copy(statement) as writer:
-                    for row in params:
-                        writer.write_row(row)
-                if connection.queries_logged:  # as execute() logs (DEBUG, test captures)
-                    connection.queries_log.append(
-                        {
-                            "sql": f"{statement} -- {len(params)} rows",
-                            "time": f"{time.monotonic() - started:.3f}",
-                        }
-                    )
-            else:
-                cursor.execute(statement, params)
+            insert(cursor)
     except IntegrityError as exc:
         if "task_id" not in str(exc):
             raise
@@ -198,7 +225,7 @@ def _execute_insert(
         raise ValueError(f"task_id {duplicate!r} is already used by another task") from exc
     except CONNECTION_ERRORS as exc:
         raise OperationalError(
-            f"Could not send {total} tasks: the database is unreachable: {exc}"
+            f"Could not send a group's tasks: the database is unreachable: {exc}"
         ) from exc
 
 

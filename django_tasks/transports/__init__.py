@@ -11,9 +11,9 @@ import threading
 from urllib.parse import urlsplit
 
 from ..conf import tasks_settings
-from .base import OutgoingTask, Transport
+from .base import OutgoingTask, Publishing, Transport
 
-__all__ = ["OutgoingTask", "Transport", "get_transport", "transport_class_for"]
+__all__ = ["OutgoingTask", "Publishing", "Transport", "get_transport", "transport_class_for"]
 
 _local = threading.local()
 

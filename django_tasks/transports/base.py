@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from django.core.checks import CheckMessage
@@ -23,10 +23,22 @@ from ..messages import EncodedArguments
 if TYPE_CHECKING:  # the store reads models, which this module (imported with the package)
     from ..store import Claim, ClaimedTask  # must not load before Django's apps are ready
 
-__all__ = ["KnownTask", "OutgoingTask", "Transport", "database_description"]
+__all__ = ["KnownTask", "OutgoingTask", "Publishing", "Transport", "database_description"]
 
 #: Whether this worker runs tasks of a name (the worker passes its registry's answer).
 KnownTask = Callable[[str], bool]
+
+
+class Publishing:
+    """How the messages of a bulk send are published (kombu's ``retry`` and
+    ``retry_policy``): those of the member prepared last, as its tasks are prepared while
+    they are sent."""
+
+    __slots__ = ("retry", "retry_policy")
+
+    def __init__(self, retry: bool = True, retry_policy: dict[str, Any] | None = None) -> None:
+        self.retry = retry
+        self.retry_policy: dict[str, Any] = retry_policy or {}
 
 
 def database_description() -> str:
@@ -121,13 +133,14 @@ class Transport(abc.ABC):
     def send(self, outgoing: OutgoingTask, *, retry: bool, retry_policy: dict[str, Any]) -> None:
         """Store or publish one task; retry per ``retry_policy`` on connection errors."""
 
-    def send_many(
-        self, outgoing: list[OutgoingTask], *, retry: bool, retry_policy: dict[str, Any]
-    ) -> None:
-        """Send tasks all or nothing, in one transaction (a group); by default one by one."""
+    def send_many(self, outgoing: Iterable[OutgoingTask], publishing: Publishing) -> None:
+        """Send tasks all or nothing, in one transaction (a group); by default one by one.
+
+        ``outgoing`` is consumed once, as it is written: a group's members are prepared
+        while the ones before them are on their way to the database."""
         with transaction.atomic():
             for task in outgoing:
-                self.send(task, retry=retry, retry_policy=retry_policy)
+                self.send(task, retry=publishing.retry, retry_policy=publishing.retry_policy)
 
     def send_on_commit(
         self, outgoing: OutgoingTask, *, retry: bool, retry_policy: dict[str, Any]

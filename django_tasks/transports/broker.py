@@ -19,7 +19,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.core.checks import CheckMessage, Error
@@ -34,7 +34,7 @@ from .. import store
 from ..conf import SETTINGS_NAME, tasks_settings
 from ..messages import JSON_CONTENT_TYPE, accepted_content_types, safe_str, storable_text
 from ..store import Claim, ClaimedTask
-from .base import KnownTask, OutgoingTask, Transport, database_description
+from .base import KnownTask, OutgoingTask, Publishing, Transport, database_description
 from .envelope import (
     body_problem,
     check_message,
@@ -220,14 +220,14 @@ class BrokerTransport(Transport):
         store.insert_task(outgoing, dispatched=False, retry=retry, retry_policy=retry_policy)
         self._publish_on_commit([outgoing], retry=retry, retry_policy=retry_policy)
 
-    def send_many(
-        self, outgoing: list[OutgoingTask], *, retry: bool, retry_policy: dict[str, Any]
-    ) -> None:
+    def send_many(self, outgoing: Iterable[OutgoingTask], publishing: Publishing) -> None:
         """A group: the rows in bulk (the outbox), then one batch of publishes after the
         commit; what is not published then, the relay publishes."""
         with transaction.atomic():
-            store.insert_tasks(outgoing, dispatched=False)
-            self._publish_on_commit(outgoing, retry=retry, retry_policy=retry_policy)
+            stored = store.insert_tasks(outgoing, dispatched=False)
+            self._publish_on_commit(
+                stored, retry=publishing.retry, retry_policy=publishing.retry_policy
+            )
 
     def _publish_on_commit(
         self, outgoing: list[OutgoingTask], *, retry: bool, retry_policy: dict[str, Any]
