@@ -36,6 +36,7 @@ from django_tasks.transports import get_transport
 from django_tasks.transports.broker import SENTINEL_QUEUE
 from django_tasks.transports.envelope import message_from_outgoing
 from django_tasks.transports.pools import producer_pool
+from django_tasks.worker.consumer import Consumer, new_lease_token
 from tests.conftest import REPO, broker_url, database_url, purge_broker_queues, wait_until
 from tests.taskapp import tasks
 from tests.taskapp.models import Run
@@ -643,3 +644,31 @@ def test_a_lost_broker_is_retried_with_growing_waits_and_one_line_each(monkeypat
     assert len(lines) == 7
     assert lines[0].startswith("Cannot connect to redis://:**@127.0.0.1:1/0")
     assert "secret" not in " ".join(lines)
+
+
+def test_messages_that_arrive_while_a_loop_is_busy_are_claimed_several_at_a_time(monkeypatch):
+    """A claim on a broker takes the messages delivered so far, so a short one does not
+    mean the queue is empty: the loop claims again at once instead of waiting for one
+    message per claim (two commits per task while it falls behind a stream)."""
+    claimed: list[int] = []
+    real_claim = store.claim
+
+    def counting_claim(request):
+        batch = real_claim(request)
+        claimed.append(len(batch))
+        return batch
+
+    monkeypatch.setattr(store, "claim", counting_claim)
+    spawner = tasks.send_adds.delay(20)
+    consumer = Consumer(
+        ["default"], hostname="test", lease_token=new_lease_token(), stop=threading.Event()
+    )
+    deadline = time.monotonic() + 30
+    while TaskResult.objects.filter(state=states.SUCCESS).count() < 21:
+        assert time.monotonic() < deadline, claimed
+        consumer.step()
+    consumer.transport.close()
+    assert len(spawner.get(timeout=1)) == 20
+    runs = [size for size in claimed if size]
+    assert runs[0] == 1  # the task that sends the others
+    assert len(runs) <= 8 and max(runs) >= 4, claimed  # not twenty claims of one

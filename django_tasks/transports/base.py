@@ -118,6 +118,11 @@ class Transport(abc.ABC):
     claim_linger: float = 0.005
     #: See :attr:`claim_linger`; None: any claim short of a full batch.
     small_claim: int | None = None
+    #: A claim takes every due task up to its limit, so a short one means the queue had no
+    #: more (the database). False where a claim takes only what has been delivered so far
+    #: (a broker's messages): a loop claims again at once after a short claim, and goes to
+    #: wait (with no linger) only once a claim finds none.
+    claim_takes_all_due: bool = True
 
     def __init__(self, url: str) -> None:
         self.url = url

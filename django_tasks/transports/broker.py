@@ -84,6 +84,8 @@ class BrokerTransport(Transport):
     #: The broker pushes messages to waiting workers.
     wakes_workers = True
     needs_relay = True
+    #: A claim takes the messages delivered so far, not all those waiting in the broker.
+    claim_takes_all_due = False
 
     def __init__(self, url: str) -> None:
         super().__init__(url)

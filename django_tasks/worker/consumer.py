@@ -178,13 +178,17 @@ class Consumer:
         if self.retired is not None:
             return True
         refresh_connections()
-        # A short batch means the queue was drained. Where notifications wake us, go
-        # straight to waiting (any that came meanwhile are buffered) instead of spending an
-        # empty claim; where we poll, or in burst, look again at once.
+        # A short batch from a claim that takes all due tasks means the queue was drained.
+        # Where notifications wake us, go straight to waiting (any that came meanwhile are
+        # buffered) instead of spending an empty claim; where we poll, in burst, or where a
+        # claim takes only what was delivered (brokers), look again at once.
         notified = self.transport.wakes_workers
+        takes_all = self.transport.claim_takes_all_due
         small = min(limit, self.transport.small_claim or limit)
-        self._linger = notified and not self.burst and ran != 1 and ran < small
-        if ran == limit or (ran and (self.burst or not notified)):
+        self._linger = (
+            notified and not self.burst and ran != 1 and ran < small and (ran > 0 or takes_all)
+        )
+        if ran == limit or (ran and (self.burst or not notified or not takes_all)):
             return False
         if self.burst:
             if self._held_until is not None and time.time() < self._held_until:

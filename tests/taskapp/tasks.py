@@ -85,6 +85,12 @@ def waits_on_other(self):
     return add.delay(1, 1).get(timeout=1)
 
 
+@task
+def send_adds(n):
+    """Sends ``n`` more tasks while it runs (messages that arrive while a loop is busy)."""
+    return [add.delay(i, i).id for i in range(n)]
+
+
 @task(bind=True)
 def request_info(self):
     r = self.request
