@@ -644,6 +644,8 @@ def send_members(
                     continue
                 sig = member.clone(args, kwargs) if args or kwargs else member
                 yield task.prepare_member(sig.args, sig.kwargs, {**sig.options, **options}, bulk)
+        except GeneratorExit:  # the write failed and let go of the rest
+            raise
         except BaseException as exc:  # raised below, not inside the database's bulk write
             refused.append(exc)
 
