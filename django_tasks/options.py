@@ -452,12 +452,14 @@ class BulkSend(Publishing):
     their arguments: the queue, priority, serializer, limits and times are resolved (and
     checked) once for all of them."""
 
-    __slots__ = ("now", "policies", "resolved")
+    __slots__ = ("canvas_ids", "now", "policies", "resolved")
 
     def __init__(self) -> None:
         super().__init__()
         self.now = timezone.now()
         self.resolved: dict[tuple[Any, ...], _Resolved] = {}
+        #: Canvas ids (the group's, the chord's) checked for an earlier member.
+        self.canvas_ids: set[str] = set()
         #: The retry policies checked so far, by task and policy object (kept with it, so
         #: that its id stays its own).
         self.policies: dict[tuple[str, int], tuple[Any, dict[str, Any]]] = {}
@@ -591,8 +593,15 @@ def build_outgoing(
         resolved = _resolved_for(task, where, options, bulk)
     extra = dict(resolved.extra)
     for option in CANVAS_OPTIONS:
-        if options.get(option) is not None:
-            extra[option] = check_canvas_option(where, option, options[option])
+        value = options.get(option)
+        if value is None:
+            continue
+        if bulk is not None and option != "group_index" and type(value) is str:
+            if value not in bulk.canvas_ids:  # the same group id for thousands of members
+                bulk.canvas_ids.add(check_canvas_option(where, option, value))
+            extra[option] = value
+        else:
+            extra[option] = check_canvas_option(where, option, value)
     encoded = encode_arguments(
         args,
         kwargs,

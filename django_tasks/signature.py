@@ -200,8 +200,16 @@ class Signature(dict):
         """A copy to change and send: new signatures, options, ``args`` lists and ``kwargs``
         dicts all the way down, the argument values shared (they are encoded when sent, and
         a deep copy of thousands of group members' arguments costs more than the send)."""
-        options = copy.deepcopy(self.options) if self.options else None
-        return cast(Self, Signature(self.task, self.args, self.kwargs, options, self.immutable))
+        copied = Signature.__new__(Signature)  # already checked: no need to check again
+        dict.__init__(
+            copied,
+            task=self["task"],
+            args=list(self["args"] or ()),
+            kwargs=dict(self["kwargs"] or {}),
+            options=copy.deepcopy(self["options"]) if self["options"] else {},
+            immutable=self["immutable"],
+        )
+        return cast(Self, copied)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
         return Signature.from_dict({k: copy.deepcopy(v, memo) for k, v in self.items()})

@@ -205,8 +205,8 @@ class Task(Generic[P, R]):
     ) -> tuple[tuple[Any, ...] | list[Any], dict[str, Any]]:
         """The call's ``args`` and ``kwargs``, once the option names, their types and (unless
         ``typing=False``) the function's signature accept them; ``TypeError`` otherwise."""
-        unknown = sorted(set(options) - CALL_OPTIONS)
-        if unknown:
+        if not CALL_OPTIONS.issuperset(options):
+            unknown = sorted(set(options) - CALL_OPTIONS)
             raise TypeError(
                 f"{where} got unknown option(s) {', '.join(map(repr, unknown))}; "
                 f"known: {', '.join(sorted(CALL_OPTIONS))}"
