@@ -36,9 +36,9 @@ class Publishing:
 
     __slots__ = ("retry", "retry_policy")
 
-    def __init__(self, retry: bool = True, retry_policy: dict[str, Any] | None = None) -> None:
-        self.retry = retry
-        self.retry_policy: dict[str, Any] = retry_policy or {}
+    def __init__(self) -> None:
+        self.retry = True
+        self.retry_policy: dict[str, Any] = {}
 
 
 def database_description() -> str:
