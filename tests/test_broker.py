@@ -8,6 +8,7 @@ rest of the suite runs on brokers unchanged.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -672,3 +673,65 @@ def test_messages_that_arrive_while_a_loop_is_busy_are_claimed_several_at_a_time
     runs = [size for size in claimed if size]
     assert runs[0] == 1  # the task that sends the others
     assert len(runs) <= 8 and max(runs) >= 4, claimed  # not twenty claims of one
+
+
+def claim_delivered(count: int, transport) -> list:
+    """Claim ``count`` sent tasks through ``transport``, their messages not yet acknowledged."""
+    request = store.Claim(["default"], count, new_lease_token(), 60.0, "test")
+    claimed: list = []
+    deadline = time.monotonic() + 10
+    while len(claimed) < count:
+        assert time.monotonic() < deadline, claimed
+        claimed += transport.claim(dataclasses.replace(request, limit=count - len(claimed)))
+    return claimed
+
+
+def test_a_batch_is_acknowledged_at_once_and_its_messages_are_gone_from_the_broker(monkeypatch):
+    """Acknowledging a batch settles every message of it. On Redis, where kombu keeps
+    unacknowledged messages in a hash, the batch is one transaction, not one per message
+    (each cost about as much as running a no-op task)."""
+    for i in range(5):
+        tasks.add.delay(i, i)
+    transport = get_transport()
+    claimed = claim_delivered(5, transport)
+    messages = [task.delivery for task in claimed]
+    if is_amqp():
+        transport.acknowledge(claimed)
+    else:
+        import redis
+
+        client = redis.Redis.from_url(broker_url())
+        tags = [message.delivery_tag for message in messages]
+        assert all(client.hexists("unacked", tag) for tag in tags)
+        transactions: list[int] = []
+        real_execute = redis.client.Pipeline.execute
+
+        def counted_execute(pipeline, *args, **kwargs):
+            transactions.append(len(pipeline.command_stack))
+            return real_execute(pipeline, *args, **kwargs)
+
+        monkeypatch.setattr(redis.client.Pipeline, "execute", counted_execute)
+        transport.acknowledge(claimed)
+        monkeypatch.undo()
+        assert not any(client.hexists("unacked", tag) for tag in tags)
+        assert transactions == [10]  # a ZREM and an HDEL per message, in one transaction
+    assert all(message.acknowledged for message in messages)
+    assert all(task.delivery is None for task in claimed)
+    transport.close()  # nothing unacknowledged goes back to the queue
+    assert take(timeout=1.0) is None
+
+
+def test_a_loop_goes_on_receiving_once_it_has_had_more_than_its_prefetch(settings):
+    """Acknowledged messages no longer count against the prefetch window (on Redis, kombu
+    stops delivering once it counts ``prefetch_count`` unacknowledged ones)."""
+    settings.DJANGO_TASKS = {**settings.DJANGO_TASKS, "WORKER_PREFETCH_MAX": 3}
+    for i in range(12):
+        tasks.add.delay(i, i)
+    consumer = Consumer(
+        ["default"], hostname="test", lease_token=new_lease_token(), stop=threading.Event()
+    )
+    deadline = time.monotonic() + 20
+    while TaskResult.objects.filter(state=states.SUCCESS).count() < 12:
+        assert time.monotonic() < deadline, TaskResult.objects.filter(state=states.SUCCESS).count()
+        consumer.step()
+    consumer.transport.close()

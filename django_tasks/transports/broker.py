@@ -34,6 +34,7 @@ from .. import store
 from ..conf import SETTINGS_NAME, tasks_settings
 from ..messages import JSON_CONTENT_TYPE, accepted_content_types, safe_str, storable_text
 from ..store import Claim, ClaimedTask
+from .acks import acknowledge_together
 from .base import KnownTask, OutgoingTask, Publishing, Transport, database_description
 from .envelope import (
     body_problem,
@@ -555,10 +556,16 @@ class BrokerTransport(Transport):
             self._quietly(message.ack)
 
     def acknowledge(self, claimed: list[ClaimedTask]) -> None:
+        messages = [task.delivery for task in claimed if task.delivery is not None]
         for task in claimed:
-            if task.delivery is not None:
-                self._quietly(task.delivery.ack)
-                task.delivery = None
+            task.delivery = None
+        try:
+            if acknowledge_together(messages):
+                return
+        except Exception as exc:  # each is tried on its own below
+            logger.debug("Could not acknowledge %d messages at once: %s", len(messages), exc)
+        for message in messages:
+            self._quietly(message.ack)
 
     def release(self, lease_token: str, claimed: list[ClaimedTask]) -> int:
         """Give back unstarted tasks: unacknowledged messages go back to the broker; tasks
