@@ -4,7 +4,7 @@ Public names only; importing this module does no work.
 """
 
 from . import states
-from .canvas import chain, chord, group
+from .canvas import chain, chord, chunks, group, xmap, xstarmap
 from .result import AsyncResult, EagerResult, GroupResult
 from .signature import Signature, signature
 from .task import Task, task
@@ -17,9 +17,12 @@ __all__ = [
     "Task",
     "chain",
     "chord",
+    "chunks",
     "group",
     "signature",
     "states",
     "task",
+    "xmap",
+    "xstarmap",
 ]
 __version__ = "0.1.0"

@@ -36,7 +36,10 @@ class DjangoTasksConfig(AppConfig):
                 f"pip install --force-reinstall django-kombu-tasks': uninstalling django-tasks "
                 f"also deletes the 'django_tasks' files the two share."
             )
-        from . import checks  # noqa: F401 - registers the system checks
+        from . import (
+            checks,  # noqa: F401 - registers the system checks
+            maps,  # noqa: F401 - registers the built-in map and starmap tasks
+        )
         from .canvas import chord_failed, send_chord_body
         from .store import set_chord_handlers
 

@@ -34,7 +34,20 @@ from .signature import AnyResult, Signature
 if TYPE_CHECKING:
     from .transports import OutgoingTask
 
-__all__ = ["chain", "chord", "chord_failed", "group", "send_chord_body"]
+__all__ = [
+    "chain",
+    "chord",
+    "chord_failed",
+    "chunks",
+    "group",
+    "send_chord_body",
+    "xmap",
+    "xstarmap",
+]
+
+#: The built-in tasks (:mod:`django_tasks.maps`) that ``Task.map`` and ``Task.starmap`` send.
+MAP_TASK = "django_tasks.map"
+STARMAP_TASK = "django_tasks.starmap"
 
 #: Options that place a task in a canvas; each kind of signature passes them on its own way.
 MEMBERSHIP = ("group_id", "group_index", "chord")
@@ -51,7 +64,8 @@ def _signatures(tasks: Iterable[Any]) -> list[Signature]:
     for task in tasks:
         if not isinstance(task, dict) and callable(getattr(task, "s", None)):
             task = task.s()
-        sigs.append(Signature.from_dict(task))
+        sig = Signature.from_dict(task)
+        sigs.append(sig.group() if isinstance(sig, chunks) else sig)
     return sigs
 
 
@@ -671,4 +685,147 @@ def chord_failed(body: dict[str, Any], body_task_id: str, exc: BaseException) ->
     run_followups(partial(apply_errback, errback, request, exc, "") for errback in sig.errbacks())
 
 
-SUBTASK_TYPES: dict[str, type[Signature]] = {"chain": chain, "group": group, "chord": chord}
+# -- map, starmap and chunks --------------------------------------------------------------
+
+
+class _basemap(Signature):
+    """One task that calls ``task`` for each item of ``it``, in the worker that runs it."""
+
+    subtask_type = ""
+    task_name = ""
+
+    def __init__(self, task: Any, it: Iterable[Any], **options: Any) -> None:
+        sig = _mapped(task)
+        if "queue" not in options:
+            # Routed as the task it calls (Celery routes it by that task's name).
+            from .registry import tasks_registry
+
+            mapped = tasks_registry.get(sig.task)
+            if mapped is not None and mapped.queue is not None:
+                options["queue"] = mapped.queue
+        dict.__init__(
+            self,
+            task=self.task_name,
+            args=[],
+            kwargs={"task": sig, "it": self._items(it)},
+            options=dict(options),
+            immutable=True,
+            subtask_type=self.subtask_type,
+        )
+
+    @staticmethod
+    def _items(it: Iterable[Any]) -> list[Any]:
+        if isinstance(it, str | bytes | dict) or not isinstance(it, Iterable):
+            raise TypeError(f"map and starmap take a list of items, not {type(it).__name__}")
+        return list(it)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Signature:
+        kwargs = data["kwargs"]
+        return cls(kwargs["task"], kwargs["it"], **(data.get("options") or {}))
+
+
+def _mapped(task: Any) -> Signature:
+    """The signature of the task a map, starmap or chunks calls: a task, not a canvas."""
+    (sig,) = _signatures([task])
+    if sig.get("subtask_type"):
+        raise TypeError(f"map, starmap and chunks call a task, not a {sig['subtask_type']}")
+    return sig
+
+
+class xmap(_basemap):
+    """``add.map([1, 2])``: one task whose result is ``[add(1), add(2)]``."""
+
+    subtask_type = "xmap"
+    task_name = MAP_TASK
+
+    def __repr__(self) -> str:
+        return f"[{self.kwargs['task']['task']}(x) for x in {self.kwargs['it']!r}]"
+
+
+class xstarmap(_basemap):
+    """``add.starmap([(1, 2), (3, 4)])``: one task whose result is ``[add(1, 2), add(3, 4)]``."""
+
+    subtask_type = "xstarmap"
+    task_name = STARMAP_TASK
+
+    @staticmethod
+    def _items(it: Iterable[Any]) -> list[Any]:
+        items = _basemap._items(it)
+        for index, item in enumerate(items):
+            if not isinstance(item, list | tuple):
+                raise TypeError(
+                    f"starmap: item {index} must be a list or tuple of arguments, "
+                    f"not {type(item).__name__}"
+                )
+        return [list(item) for item in items]  # as JSON will give them back
+
+    def __repr__(self) -> str:
+        return f"[{self.kwargs['task']['task']}(*x) for x in {self.kwargs['it']!r}]"
+
+
+class chunks(Signature):
+    """``add.chunks(items, 10)``: ``items`` split into a group of ``starmap`` tasks of 10
+    each; its result is a :class:`GroupResult` whose ``get()`` is a list of lists."""
+
+    subtask_type = "chunks"
+
+    def __init__(self, task: Any, it: Iterable[Any], n: int, **options: Any) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"chunks: n must be a positive integer, not {n!r}")
+        sig = _mapped(task)
+        dict.__init__(
+            self,
+            task="celery.chunks",
+            args=[],
+            kwargs={"task": sig, "it": xstarmap._items(it), "n": n},
+            options=dict(options),
+            immutable=True,
+            subtask_type=self.subtask_type,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Signature:
+        kwargs = data["kwargs"]
+        return cls(kwargs["task"], kwargs["it"], kwargs["n"], **(data.get("options") or {}))
+
+    @property
+    def type(self) -> Any:
+        raise TypeError("chunks is not a task: send it, or turn it into a group with .group()")
+
+    def group(self) -> group:
+        """The group of ``starmap`` tasks it sends, one per chunk."""
+        task, items, n = self.kwargs["task"], self.kwargs["it"], self.kwargs["n"]
+        parts = [items[start : start + n] for start in range(0, len(items), n)]
+        return group([xstarmap(task, part) for part in parts], **self.options)
+
+    def __call__(self, *args: Any, **options: Any) -> GroupResult:
+        """Calling it sends it, as in Celery (its tasks take their arguments from ``it``)."""
+        if args:
+            raise TypeError("chunks takes no arguments when called; its items are the arguments")
+        return self.apply_async(**options)
+
+    def apply_async(
+        self, args: tuple | list = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> GroupResult:
+        result: GroupResult = self.group().apply_async(**options)
+        return result
+
+    def apply(
+        self, args: tuple | list = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> GroupResult:
+        result: GroupResult = self.group().apply(**options)
+        return result
+
+    def __repr__(self) -> str:
+        return f"{self.kwargs['task']['task']}.chunks({self.kwargs['it']!r}, {self.kwargs['n']})"
+
+
+SUBTASK_TYPES: dict[str, type[Signature]] = {
+    "chain": chain,
+    "group": group,
+    "chord": chord,
+    "xmap": xmap,
+    "xstarmap": xstarmap,
+    "chunks": chunks,
+}

@@ -7,7 +7,7 @@ import functools
 import inspect
 import keyword
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from django.db import transaction
@@ -441,6 +441,24 @@ class Task(Generic[P, R]):
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: a parent's result is not prepended to its args."""
         return Signature(self.name, args, kwargs, immutable=True)
+
+    def map(self, it: Iterable[Any]) -> Signature:
+        """One task that calls this one on each item: ``add.map([1, 2])``."""
+        from .canvas import xmap
+
+        return xmap(self.s(), it)
+
+    def starmap(self, it: Iterable[Any]) -> Signature:
+        """One task that calls this one with each item's arguments: ``add.starmap([(1, 2)])``."""
+        from .canvas import xstarmap
+
+        return xstarmap(self.s(), it)
+
+    def chunks(self, it: Iterable[Any], n: int) -> Signature:
+        """``it`` (argument tuples) split into a group of ``starmap`` tasks of ``n`` each."""
+        from .canvas import chunks
+
+        return chunks(self.s(), it, n)
 
     def signature(
         self, args: tuple | list | None = None, kwargs: dict[str, Any] | None = None, **options: Any

@@ -140,3 +140,15 @@ def test_a_header_task_killed_at_its_time_limit_fails_the_chord(start_worker):
         c.get(timeout=60)
     assert isinstance(c.parent.results[0].result, TimeLimitExceeded)
     assert not Run.objects.filter(label__startswith="body").exists()
+
+
+def test_a_worker_process_runs_map_starmap_and_chunks(start_worker):
+    """The built-in map tasks are registered in every worker, and routed as the task they
+    call (``square`` has a queue of its own)."""
+    mapped = tasks.square.map([1, 2, 3]).delay()
+    starred = tasks.add.starmap([(1, 2), (3, 4)]).delay()
+    parts = tasks.square.chunks([(i,) for i in range(5)], 2)()
+    start_worker("--concurrency", "2", "--queues", "default,squares")
+    assert mapped.get(timeout=60) == [1, 4, 9]
+    assert starred.get(timeout=60) == [3, 7]
+    assert parts.get(timeout=60) == [[0, 1], [4, 9], [16]]

@@ -400,3 +400,9 @@ def leak(self, megabytes):
     _LEAKED.append(bytearray(b"\x01") * (megabytes * 1024 * 1024))
     Run.objects.create(task_id=self.request.id, label="leak", pid=os.getpid())
     return {"pid": os.getpid(), "rss_kib": resident_kib()}
+
+
+@task(queue="squares")
+def square(x):
+    """A task with a queue of its own: ``square.map(...)`` goes there too."""
+    return x * x
