@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from .conf import DEFAULTS, tasks_settings
 from .exceptions import ImproperlyConfiguredTask
+from .ids import new_id
 from .messages import (
     check_compression,
     check_json,
@@ -584,7 +585,7 @@ def build_outgoing(
 
     ``bulk``: the send this call is a member of, which shares what members have alike."""
     task_id = options.get("task_id")
-    task_id = str(uuid.uuid4()) if task_id is None else check_task_id(where, task_id)
+    task_id = new_id() if task_id is None else check_task_id(where, task_id)
     if bulk is None:
         now = timezone.now()
         resolved = _resolve(task, where, options, now)

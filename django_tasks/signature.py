@@ -7,8 +7,10 @@ as a ``link`` or ``link_error``.
 from __future__ import annotations
 
 import copy
-import uuid
 from typing import TYPE_CHECKING, Any, Self, cast
+
+from .ids import new_id
+from .result import AsyncResult
 
 if TYPE_CHECKING:
     from .result import EagerResult, GroupResult
@@ -144,9 +146,10 @@ class Signature(dict):
 
     def freeze(self) -> AnyResult:
         """Give it its task id now (kept if it has one) and return its result, unsent."""
-        from .result import AsyncResult
-
-        task_id = self.options.setdefault("task_id", str(uuid.uuid4()))
+        options = self.options
+        task_id = options.get("task_id")
+        if task_id is None:
+            task_id = options["task_id"] = new_id()
         return AsyncResult(task_id, task_name=self.task)
 
     def set(self, **options: Any) -> Signature:

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import EncodeError
 
-from django_tasks import task
+from django_tasks import group, task
 from django_tasks.context import Request, request_stack
 from django_tasks.exceptions import ImproperlyConfiguredTask
 from django_tasks.models import TaskResult
@@ -26,6 +26,7 @@ NAN, INF = math.nan, math.inf
 UNSTORABLE = {
     "NUL": ("a\x00b", "NUL character"),
     "lone surrogate": ("\ud800", "lone surrogate"),
+    "lone low surrogate": ("x\udfff", "lone surrogate"),
     "NaN": (NAN, "nan"),
     "infinity": (INF, "inf"),
     "-infinity": (-INF, "-inf"),
@@ -104,6 +105,19 @@ class TestUnstorableOptions:
         with pytest.raises(EncodeError, match=r"link_error\[1\]\['kwargs'\]\['y'\]") as info:
             _send(mode, (1, 2), link_error=errbacks)
         assert problem in str(info.value)
+
+
+def test_text_that_only_looks_unstorable_is_sent_as_it_is():
+    """An emoji (a surrogate pair in JSON), accents and the words NaN and Infinity are
+    ordinary text, sent alone or in a group."""
+    text = "😀 é NaN Infinity \\u0000"
+    sent = [
+        tasks.add.delay(text, y=[text]),
+        *group(tasks.add.s(text, y=[text]) for _ in range(3)).apply_async().results,
+    ]
+    for result in sent:
+        row = TaskResult.objects.get(task_id=result.id)
+        assert (row.args, row.kwargs) == ([text], {"y": [text]})
 
 
 def test_an_unstorable_key_is_named(nothing_stored):

@@ -4,7 +4,9 @@ Real worker processes (two at once, one killed mid-chord) are in test_canvas_wor
 """
 
 import copy
+import gc
 import time
+import uuid
 
 import pytest
 
@@ -438,6 +440,62 @@ def test_a_member_refused_after_a_thousand_sent_leaves_nothing_stored():
     assert "args" in str(raised.value)
     assert not TaskResult.objects.exists()
     assert not TaskGroup.objects.exists()
+
+
+@pytest.fixture
+def collector_seen(monkeypatch):
+    """Whether Python's garbage collector was on each time a group row was written."""
+    from django_tasks import store
+
+    seen = []
+    create_group = store.create_group
+
+    def spy(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return create_group(*args, **kwargs)
+
+    monkeypatch.setattr(store, "create_group", spy)
+    return seen
+
+
+def test_the_collector_pauses_for_a_group_send_and_is_on_again_after(collector_seen):
+    """Collections over the whole heap cost a large group a third of its send time; the
+    caller must still find the collector as it left it, whatever happened in the send."""
+    assert gc.isenabled()
+    group(tasks.add.s(i, i) for i in range(3)).apply_async()
+    chord([tasks.add.s(1, 1)], tasks.tsum.s()).apply_async()
+    assert collector_seen == [False, False]
+    assert gc.isenabled()
+    with pytest.raises(TypeError, match="add"):
+        group(tasks.add.s(1, 1), tasks.add.s(1, 2, 3)).apply_async()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        group(tasks.add.s(1, 1)).apply_async()
+        assert not gc.isenabled()  # the caller's choice is kept
+    finally:
+        gc.enable()
+
+
+def test_the_collector_is_on_again_once_the_last_of_concurrent_sends_ends():
+    from django_tasks.canvas import _collector_paused
+
+    first, second = _collector_paused(), _collector_paused()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()  # the second send is still going
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
+
+
+def test_new_ids_are_random_version_4_uuids():
+    ids = [tasks.add.s(1, 1).freeze().id for _ in range(1000)]
+    ids += [r.id for r in group(tasks.add.s(1, 1), tasks.add.s(2, 2)).freeze().results]
+    assert len(set(ids)) == len(ids)
+    for task_id in ids:
+        parsed = uuid.UUID(task_id)
+        assert (str(parsed), parsed.version, parsed.variant) == (task_id, 4, uuid.RFC_4122)
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from django.utils import timezone
 from .. import store
 from ..conf import tasks_settings
 from ..exceptions import EncodeError
+from ..ids import new_id
 from ..messages import check_json, safe_str
 from ..models import PeriodicTask
 from ..options import CALL_OPTIONS
@@ -127,7 +128,7 @@ def send_run(
 
 def run_now(entry: PeriodicTask) -> Any:
     """The admin's "run now": send one run at once, outside the schedule."""
-    task_id = str(uuid.uuid4())
+    task_id = new_id()
     result = send_run(entry, task_id=task_id, due=None, period=None)
     store.record_manual_run(entry.pk, task_id, timezone.now())
     return result
