@@ -838,24 +838,31 @@ class chunks(Signature):
 
     def __call__(self, *args: Any, **options: Any) -> GroupResult:
         """Calling it sends it, as in Celery (its tasks take their arguments from ``it``)."""
-        if args:
-            raise TypeError("chunks takes no arguments when called; its items are the arguments")
-        return self.apply_async(**options)
+        return self.apply_async(args, **options)
 
     def apply_async(
         self, args: tuple | list = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> GroupResult:
+        _no_arguments(args, kwargs)
         result: GroupResult = self.group().apply_async(**options)
         return result
 
     def apply(
         self, args: tuple | list = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> GroupResult:
+        _no_arguments(args, kwargs)
         result: GroupResult = self.group().apply(**options)
         return result
 
     def __repr__(self) -> str:
         return f"{self.kwargs['task']['task']}.chunks({self.kwargs['it']!r}, {self.kwargs['n']})"
+
+
+def _no_arguments(args: Any, kwargs: Any) -> None:
+    # Celery ignores them (its chunks' tasks are immutable); dropping them silently hides a
+    # mistake, so they are refused.
+    if args or kwargs:
+        raise TypeError("chunks takes no arguments when sent; its items are the arguments")
 
 
 SUBTASK_TYPES: dict[str, type[Signature]] = {
