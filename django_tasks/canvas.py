@@ -605,7 +605,7 @@ def send_group(
     if chord_body is not None:
         body = dict(chord_body)
         body_task_id = chord_body.freeze().id
-    with transaction.atomic():
+    with _collector_paused(), transaction.atomic():  # paused again when sent on commit
         create_group(result.id, [r.id for r in result.results], body, body_task_id)
         send_members(members, args, kwargs, options)
         if chord_body is not None and not members:

@@ -458,6 +458,16 @@ def collector_seen(monkeypatch):
     return seen
 
 
+def test_the_collector_pauses_for_a_group_sent_on_commit_too(
+    collector_seen, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        group(tasks.add.s(1, 1)).apply_async(on_commit=True)
+        assert collector_seen == []
+    assert collector_seen == [False]
+    assert gc.isenabled()
+
+
 def test_the_collector_pauses_for_a_group_send_and_is_on_again_after(collector_seen):
     """Collections over the whole heap cost a large group a third of its send time; the
     caller must still find the collector as it left it, whatever happened in the send."""
