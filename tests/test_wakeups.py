@@ -66,6 +66,54 @@ def test_the_commit_watcher_wakes_at_another_connections_commit():
     writer.join()
 
 
+@sqlite_only
+@pytest.mark.django_db(transaction=True)
+def test_a_task_committed_just_before_a_loop_waits_ends_the_wait_at_once():
+    """A task another connection commits after the loop's last look but before its wait
+    starts must not be slept on: the wait took its starting point after that commit and
+    slept out the 0.1 s poll (about one round trip in twenty on a busy table)."""
+    from django_tasks.models import TaskResult
+    from django_tasks.transports import get_transport
+
+    transport = get_transport()
+    transport.wait_for_tasks(["nothing-here"], 0.01)  # this connection is open and idle
+
+    def send():
+        tasks.add.delay(1, 1)
+        connection.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    sender.join()
+    queue = TaskResult.objects.get().queue
+    started = time.monotonic()
+    transport.wait_for_tasks([queue], 2.0)
+    assert time.monotonic() - started < 0.5
+
+
+@sqlite_only
+@pytest.mark.django_db(transaction=True)
+def test_a_task_committed_between_an_empty_claim_and_the_wait_ends_the_wait_at_once():
+    from django_tasks.store.leases import Claim
+    from django_tasks.transports import get_transport
+
+    transport = get_transport()
+    transport.wait_for_tasks(["nothing-here"], 0.01)
+    claim = Claim(queues=["celery"], limit=10, token="t", lease_seconds=60, worker="w")
+    assert transport.claim(claim) == []
+
+    def send():
+        tasks.add.apply_async((1, 1), queue="celery")
+        connection.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    sender.join()
+    started = time.monotonic()
+    transport.wait_for_tasks(["celery"], 2.0)
+    assert time.monotonic() - started < 0.5
+
+
 @pytest.mark.worker
 def test_a_waiting_get_keeps_the_databases_files_alone(start_worker):
     """The SQLite waiter reads a pragma: it never opens and closes SQLite's files itself,

@@ -131,19 +131,25 @@ class CommitWatcher:
             return None
         return version
 
-    def wait(self, timeout: float) -> bool:
-        """Block until another connection commits, or ``timeout``; True if one did. Inside a
-        transaction nothing new is seen, so this sleeps out the timeout."""
+    def version(self) -> int | None:
+        """Where the database is now: give it to :meth:`wait` as ``since`` *before* looking
+        at the state to wait on, so a commit made after that look is not missed."""
+        return self._version()
+
+    def wait(self, timeout: float, since: int | None = None) -> bool:
+        """Block until another connection commits (after :meth:`version` gave ``since``, or
+        from now), or ``timeout``; True if one did. Inside a transaction nothing new is
+        seen, so this sleeps out the timeout."""
         deadline = time.monotonic() + timeout
-        before = self._version()
+        before = self._version() if since is None else since
         if before is None:
             time.sleep(max(timeout, 0))
             return False
         while (remaining := deadline - time.monotonic()) > 0:
-            time.sleep(min(COMMIT_WATCH_TICK, remaining))
             if self._version() != before:
                 return True
-        return False
+            time.sleep(min(COMMIT_WATCH_TICK, remaining))
+        return self._version() != before
 
 
 class CommitWaiter:

@@ -34,6 +34,8 @@ class DatabaseTransport(Transport):
         super().__init__(url)
         self._listener = QueueListener()
         self._commits: CommitWatcher | None = None
+        #: SQLite: the database's commit count just before this thread's last claim.
+        self._claimed_at: int | None = None
 
     @property
     def wakes_workers(self) -> bool:  # type: ignore[override]
@@ -70,6 +72,8 @@ class DatabaseTransport(Transport):
     # -- claiming -----------------------------------------------------------------------------
 
     def claim(self, request: Claim, *, known_task: KnownTask | None = None) -> list[ClaimedTask]:
+        if self._commits is not None:  # SQLite, once this thread has waited
+            self._claimed_at = self._commits.version()
         return store.claim(request)
 
     def release(self, lease_token: str, claimed: list[ClaimedTask]) -> int:
@@ -91,11 +95,20 @@ class DatabaseTransport(Transport):
             return
         if self._commits is None:
             self._commits = CommitWatcher()
-        # SQLite: wake at a commit that left a task of ours due (most commits are outcomes).
+        # SQLite: wake at a commit that left a task of ours due (most commits are outcomes),
+        # counting commits from before the last claim: one made between that claim and this
+        # wait would otherwise be slept on until the poll interval ends. Each later look
+        # for due tasks is likewise preceded by taking the version it waits from.
+        since, self._claimed_at = self._claimed_at, None
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            if self._commits.wait(remaining) and store.has_due_rows(queues):
+            if since is None:
+                since = self._commits.version()
+                if store.has_due_rows(queues):
+                    return
+            if not self._commits.wait(remaining, since=since):
                 return
+            since = None
 
     def close(self) -> None:
         self._listener.close()
