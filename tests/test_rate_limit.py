@@ -201,7 +201,10 @@ def test_two_workers_keep_to_the_limit_and_other_tasks_pass(start_worker):
     most_in_a_second = max(sum(1 for s in starts if first <= s < first + 1.0) for first in starts)
     assert most_in_a_second <= 22, most_in_a_second  # 20/s, and 5 % burst, with 5 % for timing
     span = starts[-1] - starts[0]
-    assert 1.8 <= span <= 3.5, span  # 40 starts 50 ms apart: 1.95 s
+    # 40 starts 50 ms apart take 1.95 s. A held task whose loop is busy at its turn is sent
+    # again by the relay 1 s past its turn and lines up again (docs/periodic.md): on a loaded
+    # machine that has added 1.7 s (a CI run on Redis).
+    assert 1.8 <= span <= 4.5, span
     assert others_done_at < starts[-1]  # the limit held back only its own task
     wait_until(lambda: all(r.ready() for r in limited), timeout=10, what="the outcomes")
     assert all(r.state == states.SUCCESS for r in limited)
