@@ -242,6 +242,7 @@ class AsyncResult:
         sleep = min(FIRST_POLL_INTERVAL, interval)
         history = _HistoryReader(self) if on_message is not None else None
         while True:
+            waiting.watch(self.id)
             row = self._fetch()
             state = row["state"] if row else states.PENDING
             if history is not None and row is not None:

@@ -150,3 +150,45 @@ def test_a_stream_of_tasks_is_run_by_two_loops(start_worker):
     results = [tasks.add.delay(i, i) for i in range(300)]
     wait_until(lambda: all(r.ready() for r in results[-5:]), timeout=60, what="the last tasks")
     assert [r.get(timeout=30) for r in results] == [i + i for i in range(300)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_result_stored_between_gets_read_and_its_wait_ends_the_wait_at_once(monkeypatch):
+    """``get()`` reads the row, then waits for a change. A finish committed in between must
+    end the wait at once, not after the wait's pause (up to ``interval``, 0.5 s by default):
+    the SQLite waiter took its starting point only when the wait began, and on PostgreSQL a
+    get() subscribed to its task only when it first waited."""
+    if connection.vendor not in ("sqlite", "postgresql"):
+        pytest.skip("elsewhere get() polls: there is no wake-up to miss")
+    from django_tasks import result as result_module
+    from django_tasks.models import TaskResult
+    from django_tasks.result import AsyncResult
+
+    res = tasks.add.delay(2, 3)
+    read = AsyncResult._fetch
+    finished = []
+
+    def fetch_then_finish(self):
+        row = read(self)
+        if not finished:  # the first read sees PENDING; the task finishes before the wait
+
+            def finish():
+                TaskResult.objects.filter(task_id=self.id).update(state="SUCCESS", result=5)
+                connection.close()
+
+            writer = threading.Thread(target=finish)
+            writer.start()
+            writer.join()
+            finished.append(True)
+        return row
+
+    monkeypatch.setattr(AsyncResult, "_fetch", fetch_then_finish)
+    monkeypatch.setattr(result_module, "FIRST_POLL_INTERVAL", 2.0)
+    if connection.vendor == "postgresql":  # the process listens already, as after any wait
+        from django_tasks.store.notify import state_listener, waiter
+
+        waiter().wait(tasks.add.delay(0, 0).id, 0.01)
+        wait_until(lambda: state_listener().listening, 10, "the LISTEN connection")
+    started = time.monotonic()
+    assert res.get(timeout=10, interval=2.0) == 5
+    assert time.monotonic() - started < 1.0

@@ -91,10 +91,19 @@ class QueueListener:
 
 
 class Waiter(Protocol):
+    """Waits for a task's row to change: :meth:`watch` before each read of the row, then
+    :meth:`wait` if what was read is not what the caller waits for, so that a change
+    committed between the read and the wait ends the wait at once."""
+
+    def watch(self, task_id: str) -> None: ...
+
     def wait(self, task_id: str, timeout: float) -> None: ...
 
 
 class PollingWaiter:
+    def watch(self, task_id: str) -> None:
+        pass
+
     def wait(self, task_id: str, timeout: float) -> None:
         time.sleep(max(timeout, 0))
 
@@ -158,9 +167,14 @@ class CommitWaiter:
 
     def __init__(self, watcher: CommitWatcher) -> None:
         self.watcher = watcher
+        self._since: int | None = None
+
+    def watch(self, task_id: str) -> None:
+        self._since = self.watcher.version()
 
     def wait(self, task_id: str, timeout: float) -> None:
-        self.watcher.wait(max(timeout, 0))
+        since, self._since = self._since, None
+        self.watcher.wait(max(timeout, 0), since=since)
 
 
 # -- the shared state listener ------------------------------------------------------------------
@@ -355,19 +369,29 @@ class ListenerWaiter:
         self._event: threading.Event | None = None
         self._unsubscribe: weakref.finalize[..., Any] | None = None
 
+    def watch(self, task_id: str) -> None:
+        # Subscribing starts the process's LISTEN connection when it is not up: left to the
+        # first wait, so that reading a finished task opens nothing. Until then a change
+        # between the read and the wait costs at most the first pause (5 ms by default).
+        if task_id != self._task_id and self.listener.listening:
+            self._subscribe(task_id)
+
+    def _subscribe(self, task_id: str) -> threading.Event:
+        self.close()
+        self._event = event = self.listener.subscribe(task_id)
+        self._task_id = task_id
+        self._unsubscribe = weakref.finalize(self, self.listener.unsubscribe, task_id, event)
+        return event
+
     def wait(self, task_id: str, timeout: float) -> None:
-        if task_id != self._task_id or self._event is None:
-            self.close()
-            self._event = self.listener.subscribe(task_id)
-            self._task_id = task_id
-            self._unsubscribe = weakref.finalize(
-                self, self.listener.unsubscribe, task_id, self._event
-            )
+        event = self._event if task_id == self._task_id else None
+        if event is None:
+            event = self._subscribe(task_id)
         if not self.listener.listening:
             time.sleep(max(timeout, 0))  # not (yet) listening: the caller polls
             return
-        self._event.wait(max(timeout, 0))
-        self._event.clear()
+        event.wait(max(timeout, 0))
+        event.clear()
 
     def close(self) -> None:
         if self._unsubscribe is not None:
