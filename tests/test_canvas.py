@@ -602,6 +602,9 @@ def test_waiting_on_a_plain_task_costs_no_parent_queries(monkeypatch):
         def __init__(self, inner):
             self.inner = inner
 
+        def watch(self, task_id):
+            self.inner.watch(task_id)
+
         def wait(self, *args, **kwargs):
             waits.append(1)
             return self.inner.wait(*args, **kwargs)
