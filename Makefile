@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed
 # Another Django for the same run, e.g. DJANGO='django>=6.0,<7' (with PYTHON=python3.12).
 DJANGO ?=
 
-.PHONY: demo test test-sqlite test-postgres test-redis test-rabbitmq test-mysql lint docs format bench bench-brokers clean
+.PHONY: demo test test-sqlite test-postgres test-postgres-server-binding test-redis test-rabbitmq test-mysql lint docs format bench bench-brokers clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test-redis: $(INSTALLED)
 
 test-rabbitmq: $(INSTALLED)
 	DATABASE_URL=$(POSTGRES_URL) DJANGO_TASKS_BROKER_URL=$(RABBITMQ_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-postgres-server-binding: the PostgreSQL suite with Django's server-side binding and
+## psycopg's prepared statements (OPTIONS server_side_binding, prepare_threshold)
+test-postgres-server-binding: $(INSTALLED)
+	DATABASE_URL=$(POSTGRES_URL) DJANGO_TASKS_TEST_DB_OPTIONS='{"server_side_binding": true, "prepare_threshold": 2}' $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## test-mysql: the suite on MySQL/MariaDB (needs the client headers: libmariadb-dev)
 test-mysql: $(INSTALLED)

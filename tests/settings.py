@@ -20,6 +20,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     test_name = configured.with_name(f"{configured.stem}-pytest.sqlite3")
     DATABASES["default"]["TEST"] = {"NAME": str(test_name)}
 
+# Extra PostgreSQL OPTIONS as JSON, e.g. '{"server_side_binding": true, "prepare_threshold": 2}'
+# to run the suite with server-side binding and prepared statements (make
+# test-postgres-server-binding). Worker subprocesses inherit it with the environment; a test
+# that starts a worker on a SQLite file does not get it.
+db_options = os.environ.get("DJANGO_TASKS_TEST_DB_OPTIONS")
+if db_options and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    import json
+
+    DATABASES["default"].setdefault("OPTIONS", {}).update(json.loads(db_options))
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 import django  # noqa: E402
